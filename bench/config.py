@@ -1,0 +1,79 @@
+"""Profiles and the resolved, validated configuration of one run (hashed into its run id).
+
+Profiles (DESIGN.md): ``tiny`` for tests (seconds), ``small`` for the default ``make table2`` on a
+laptop CPU (minutes), ``paper`` for the paper's sizes on a GPU. A profile sets the synthetic cohort
+scale, whether model widths are narrowed, epochs, batch size and bag sampling.
+
+The supervised baselines' hyper-parameters are not given in the ModalTune paper; ``paper`` uses the
+defaults of the reference harness the baselines come from (mahmoodlab/SurvPath: 20 epochs, lr 1e-4,
+weight decay 1e-5, batch size 1, cosine schedule, ``alpha_surv`` 0.5 and 4,096 patches sampled per
+bag during training as in its run scripts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROFILE_NAMES = ("tiny", "small", "paper")
+
+
+class Profile(BaseModel):
+    """Training-time settings shared by every supervised run of a profile."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Literal["tiny", "small", "paper"]
+    scale: Literal["tiny", "small", "paper"] = Field(description="synthetic cohort scale used by default")
+    narrowed: bool = Field(description="True where model widths are narrower than the paper's")
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_epochs: int = Field(ge=0)
+    alpha_surv: float = Field(ge=0, le=1)
+    max_patches_train: int | None = Field(default=None, gt=0, description="bag sampling during training")
+    threads: int | None = Field(default=None, gt=0, description="torch threads per run (None = library default)")
+    grid_jobs: int = Field(default=1, gt=0, description="default parallel runs of `bench grid`")
+
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile(name="tiny", scale="tiny", narrowed=True, epochs=4, batch_size=8, lr=1e-3, weight_decay=1e-5,
+                    warmup_epochs=0, alpha_surv=0.5, max_patches_train=64, threads=1, grid_jobs=2),
+    "small": Profile(name="small", scale="small", narrowed=True, epochs=6, batch_size=16, lr=5e-4, weight_decay=1e-5,
+                     warmup_epochs=0, alpha_surv=0.5, max_patches_train=128, threads=1, grid_jobs=2),
+    "paper": Profile(name="paper", scale="paper", narrowed=False, epochs=20, batch_size=1, lr=1e-4, weight_decay=1e-5,
+                     warmup_epochs=1, alpha_surv=0.5, max_patches_train=4096, threads=None, grid_jobs=1),
+}
+
+
+def get_profile(name: str) -> Profile:
+    from bench.errors import unknown_name
+
+    key = name.lower()
+    if key not in PROFILES:
+        raise unknown_name("profile", name, list(PROFILES))
+    return PROFILES[key]
+
+
+class RunConfig(BaseModel):
+    """Everything that determines a run's result; its hash is the run id."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    site: str
+    task: Literal["subtype", "survival", "multitask"]
+    seed: int = Field(ge=0)
+    profile: Profile
+    cohort_fingerprint: str
+    regime: Literal["supervised", "text_distill", "linear_probe"] = "supervised"
+    options: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+    def run_id(self) -> str:
+        """Stable 16-hex-digit id: the hash of the canonical JSON of this configuration."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,40 @@
+"""Errors the CLI turns into a message and an exit code (DESIGN.md, "CLI conventions").
+
+``BenchError`` carries the exit code: 2 for bad usage or bad input (the default), 1 for a check or
+validation that ran and failed. Every message names the file / patient / field at fault and what to
+do about it.
+"""
+
+from __future__ import annotations
+
+EXIT_CHECK_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+class BenchError(Exception):
+    """A user-facing error: ``str(err)`` is the complete message, ``exit_code`` the process status."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class CohortError(BenchError):
+    """A cohort directory, or a file in it, is not usable; the message lists every problem found."""
+
+    def __init__(self, problems: list[str] | str, cohort: str | None = None):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        head = f"cohort {cohort}: " if cohort else ""
+        if len(self.problems) == 1:
+            message = head + self.problems[0]
+        else:
+            message = head + f"{len(self.problems)} problems:\n" + "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(message)
+
+
+def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> BenchError:
+    """The error for an unknown site / model / table name, listing the valid ones."""
+    return BenchError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(sorted(valid))}")
