@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import BenchModel, ModelContext, bag_mask
+from models.paper_omics import SURVPATH_N_GENES, paper_families
 from models.registry import register_model
 
 PAPER_FEATURE_DIM = 1536
-PAPER_N_GENES = 4999
 PROFILE_DIMS = {"paper": 256, "small": 128, "tiny": 32}
 
 
@@ -242,18 +242,11 @@ class MCAT(BenchModel):
         return self.fusion(torch.cat([h_path, h_omic], dim=-1))
 
 
-def _paper_families() -> tuple[tuple[int, ...], ...]:
-    """MCAT's six families over SurvPath's 4,999 combine genes (``models.paper_omics``)."""
-    from models.paper_omics import paper_families
-
-    return paper_families(PAPER_N_GENES)
-
-
 @register_model(
     "mcat",
     label="MCAT",
     modalities=("wsi", "rna"),
-    paper_context={"feature_dim": PAPER_FEATURE_DIM, "n_genes": PAPER_N_GENES, "families": _paper_families},
+    paper_context={"feature_dim": PAPER_FEATURE_DIM, "n_genes": SURVPATH_N_GENES, "families": paper_families},
 )
 def mcat(ctx: ModelContext) -> MCAT:
     """MCAT: gene-family SNN tokens guide a co-attention over WSI patches, concat fusion (ICCV 2021).
