@@ -8,6 +8,8 @@ ModalTune's transcriptomics encoder, integrating an MLP-mixer with S-MLP"); the 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -27,6 +29,13 @@ def paper_gene_mixer_pathways() -> torch.Tensor:
 GENE_MIXER_PAPER_CONTEXT = {"n_genes": PAPER_N_GENES, "pathways": paper_gene_mixer_pathways}
 
 
+def gene_mixer_for(ctx: ModelContext, **overrides: object) -> GeneMixer:
+    """The Gene Mixer of ``ctx``: its pathways, the configuration of its profile (``overrides`` on top)."""
+    if ctx.pathways is None:
+        raise ValueError("the Gene Mixer tokenises RNA by pathway but the context has no pathways")
+    return GeneMixer(ctx.pathways, replace(GeneMixerConfig.for_profile(ctx.profile), **overrides))
+
+
 class GeneMixerModel(BenchModel):
     """Gene Mixer + linear head: ``forward_features(batch) -> [B, out_dim]`` from ``batch["rna"] [B, G]``.
 
@@ -36,9 +45,9 @@ class GeneMixerModel(BenchModel):
 
     modalities = ("rna",)
 
-    def __init__(self, pathways: torch.Tensor, n_outputs: int, config: GeneMixerConfig) -> None:
+    def __init__(self, encoder: GeneMixer, n_outputs: int) -> None:
         super().__init__()
-        self.encoder = GeneMixer(pathways, config)
+        self.encoder = encoder
         self.embed_dim = self.encoder.embed_dim
         self.head = nn.Linear(self.embed_dim, n_outputs)
 
@@ -59,6 +68,4 @@ def genemixer(ctx: ModelContext) -> GeneMixerModel:
     dropout 0.25 (24,972,126 parameters with 4 outputs on ModalTune's 331 pathways / 4,987 genes).
     ``small`` narrows widths to 64 and tokens to 16; ``tiny`` to 16 and 8 (same class and depth).
     """
-    if ctx.pathways is None:
-        raise ValueError("genemixer tokenises RNA by pathway but the context has no pathways")
-    return GeneMixerModel(ctx.pathways, ctx.n_outputs, GeneMixerConfig.for_profile(ctx.profile))
+    return GeneMixerModel(gene_mixer_for(ctx), ctx.n_outputs)
