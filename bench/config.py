@@ -41,9 +41,9 @@ class Profile(BaseModel):
 
 
 PROFILES: dict[str, Profile] = {
-    "tiny": Profile(name="tiny", scale="tiny", narrowed=True, epochs=4, batch_size=8, lr=1e-3, weight_decay=1e-5,
+    "tiny": Profile(name="tiny", scale="tiny", narrowed=True, epochs=10, batch_size=4, lr=1e-3, weight_decay=1e-5,
                     warmup_epochs=0, alpha_surv=0.5, max_patches_train=64, threads=1, grid_jobs=2),
-    "small": Profile(name="small", scale="small", narrowed=True, epochs=6, batch_size=16, lr=5e-4, weight_decay=1e-5,
+    "small": Profile(name="small", scale="small", narrowed=True, epochs=8, batch_size=16, lr=5e-4, weight_decay=1e-5,
                      warmup_epochs=0, alpha_surv=0.5, max_patches_train=128, threads=1, grid_jobs=2),
     "paper": Profile(name="paper", scale="paper", narrowed=False, epochs=20, batch_size=1, lr=1e-4, weight_decay=1e-5,
                      warmup_epochs=1, alpha_surv=0.5, max_patches_train=4096, threads=None, grid_jobs=1),

@@ -162,6 +162,11 @@ class Cohort:
         return str(self.manifest.get("name", self.root.name))
 
     @property
+    def kind(self) -> str:
+        """``synthetic`` or ``imported`` (the manifest's provenance)."""
+        return str((self.manifest.get("provenance") or {}).get("kind", "unknown"))
+
+    @property
     def sites(self) -> list[str]:
         return sorted(self.manifest["sites"])
 

@@ -1,0 +1,43 @@
+# modaltune-bench — every target creates/refreshes the virtualenv itself.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROFILE ?= small
+JOBS ?=
+STORE ?= runs/results.sqlite
+TABLES_DIR := runs/tables
+
+.PHONY: install test table2 drift-record clean help
+
+help:
+	@echo "make table2   run the Table 2 grid (missing runs only) on the embedded synthetic cohort and render it"
+	@echo "make test     install if needed, run pytest and the drift check"
+	@echo "variables: PROFILE=tiny|small|paper (default small), JOBS=N, STORE=path"
+
+# torch is pinned through constraints.txt so that packages depending on it never pull a CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	@$(PY) -c "import torch, sys; print('torch', torch.__version__); sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+	$(PY) -m bench drift check
+
+table2: $(STAMP)
+	$(PY) -m bench grid table2 --profile $(PROFILE) --store $(STORE) $(if $(JOBS),--jobs $(JOBS))
+	@mkdir -p $(TABLES_DIR)
+	$(PY) -m bench table table2 --profile $(PROFILE) --store $(STORE) --format csv --out $(TABLES_DIR)/table2-$(PROFILE).csv
+	$(PY) -m bench table table2 --profile $(PROFILE) --store $(STORE) --format latex --out $(TABLES_DIR)/table2-$(PROFILE).tex
+	$(PY) -m bench table table2 --profile $(PROFILE) --store $(STORE) --format md --out $(TABLES_DIR)/table2-$(PROFILE).md
+	@cat $(TABLES_DIR)/table2-$(PROFILE).md
+
+drift-record: $(STAMP)
+	$(PY) -m bench drift record
+
+clean:
+	rm -rf runs cohorts .pytest_cache

@@ -1,0 +1,356 @@
+"""The one command line of the benchmark: ``python -m bench <command>``.
+
+Conventions (DESIGN.md): list options are comma-separated; site and model names are
+case-insensitive; ``--json`` prints exactly one JSON object on stdout (logs and progress go to
+stderr); exit 0 on success, 1 when a check or validation failed, 2 on bad usage or bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, BenchError
+
+log = logging.getLogger("bench")
+
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _csv_list(text)]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _clean(obj: Any) -> Any:
+    """Replace NaN by None so that ``--json`` output is strict JSON."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _emit(obj: Any) -> None:
+    sys.stdout.write(json.dumps(_clean(obj), default=_json_default, indent=2) + "\n")
+
+
+def _add_store(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", help="results store (default: $BENCH_STORE, else runs/results.sqlite)")
+
+
+# ---------------------------------------------------------------------------------------------- data
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from bench.data.synth import generate_cohort
+
+    path = generate_cohort(args.out, scale=args.scale, seed=args.seed)
+    if args.json:
+        from bench.data.cohort import Cohort
+
+        _emit(Cohort.load(path).stats())
+    else:
+        print(f"wrote synthetic {args.scale} cohort (seed {args.seed}) to {path}")
+    return 0
+
+
+def cmd_data_import(args: argparse.Namespace) -> int:
+    from bench.data.importers.modaltune import import_modaltune
+
+    report = import_modaltune(args.splits, args.out, sites=_csv_list(args.sites) if args.sites else None,
+                              features_root=args.features_root, rna_csvs=args.rna or (), pathways_csv=args.pathways,
+                              families_csv=args.families, all_patients=args.all_patients)
+    if args.json:
+        _emit(report.to_dict() if hasattr(report, "to_dict") else report.__dict__)
+    else:
+        print(report.summary() if hasattr(report, "summary") else report)
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from bench.data.cohort import Cohort
+
+    stats = Cohort.load(args.cohort).stats()
+    if args.json:
+        _emit(stats)
+    else:
+        from tabulate import tabulate
+
+        rows = [[site, s["train"], s["val"], s["test"], s["events"], s["censored"],
+                 " ".join(f"{k}:{v}" for k, v in s["classes"].items()), s["has_rna"], s["has_wsi"],
+                 ", ".join(f"{x:g}" for x in s["bin_upper_months"])] for site, s in stats["sites"].items()]
+        print(tabulate(rows, headers=["site", "train", "val", "test", "events", "censored", "classes", "rna", "wsi",
+                                      "bin edges (months)"]))
+    return 0
+
+
+def cmd_data_validate(args: argparse.Namespace) -> int:
+    from bench.data.cohort import Cohort
+
+    problems = Cohort.load(args.cohort).validate()
+    if args.json:
+        _emit({"cohort": args.cohort, "ok": not problems, "problems": problems})
+    elif problems:
+        print(f"{args.cohort}: {len(problems)} problems", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+    else:
+        print(f"{args.cohort}: ok")
+    return EXIT_CHECK_FAILED if problems else 0
+
+
+# ---------------------------------------------------------------------------------------------- models
+def cmd_models(args: argparse.Namespace) -> int:
+    from bench.registry import all_models, params_paper
+    from bench.runner import model_context
+
+    entries = all_models()
+    profile_ctx = None
+    if args.profile:
+        from bench.config import get_profile
+        from bench.runner import ensure_cohort
+
+        prof = get_profile(args.profile)
+        profile_ctx = (prof, ensure_cohort(args.cohort, prof.scale))
+    listing = []
+    for entry in entries.values():
+        counts = params_paper(entry)
+        item = {"name": entry.name, "label": entry.label, "modalities": list(entry.modalities),
+                "tasks": list(entry.tasks), "regime": entry.regime, "family": entry.family,
+                "params_paper": counts["all"], "trainable_params_paper": counts["trainable"],
+                "description": entry.description}
+        if profile_ctx is not None:
+            from models.base import count_parameters
+
+            prof, cohort = profile_ctx
+            item["params_profile"] = count_parameters(entry.build(model_context(cohort, 4, prof.name)))
+            item["profile"] = prof.name
+        listing.append(item)
+    if args.json:
+        _emit({"models": listing})
+    else:
+        from tabulate import tabulate
+
+        cols = ["name", "label", "modalities", "tasks", "regime", "params_paper"] + (
+            ["params_profile"] if profile_ctx else [])
+        print(tabulate([[(",".join(m[c]) if isinstance(m[c], list) else
+                          (f"{m[c]:,}" if isinstance(m[c], int) else m[c])) for c in cols] for m in listing],
+                       headers=cols))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- run, grid, table
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.runner import RunRequest, execute
+
+    result = execute(RunRequest(model=args.model, site=args.site, task=args.task, seed=args.seed,
+                                profile=args.profile, cohort=args.cohort, store=args.store, force=args.force,
+                                wandb=args.wandb, progress=not args.json and sys.stderr.isatty()))
+    if args.json:
+        _emit(result)
+    else:
+        shown = {k: round(v, 4) for k, v in result["metrics"].items() if k.startswith("test_")}
+        print(f"{result['status']}: {result['model']} {result['site']} {result['task']} seed {result['seed']} "
+              f"({result['profile']}) run {result['run_id']}: {shown}")
+    return 0
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    from bench.grids import get_grid, run_grid
+    from bench.registry import resolve_models
+
+    grid = get_grid(args.table)
+    summary = run_grid(grid, profile=args.profile, cohort_dir=args.cohort, store=args.store,
+                       models=resolve_models(args.models) if args.models else None,
+                       sites=_csv_list(args.sites) if args.sites else None, seeds=args.seeds, jobs=args.jobs,
+                       wandb=args.wandb, progress=not args.json)
+    if args.json:
+        _emit(summary)
+    else:
+        print(f"{summary['grid']} ({summary['profile']}): {summary['runs']} runs, {summary['ran']} ran, "
+              f"{summary['cached']} already stored, {len(summary['failed'])} failed; store {summary['store']}")
+    return EXIT_BAD_INPUT if summary["failed"] else 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from bench.reporting import render_table
+
+    text = render_table(args.table, store=args.store, profile=args.profile, fmt=args.format)
+    if args.out:
+        from bench.data.format import atomic_path
+
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- drift, perf
+def cmd_drift(args: argparse.Namespace) -> int:
+    from bench import drift
+
+    expected = args.expected or drift.DEFAULT_EXPECTED
+    if args.action == "record":
+        observed = drift.record(expected, cohort_dir=args.cohort)
+        if args.json:
+            _emit({"recorded": str(expected), **observed})
+        else:
+            print(f"recorded {len(observed['metrics'])} runs to {expected}")
+        return 0
+    problems, observed = drift.check(expected, tolerance=args.tolerance, cohort_dir=args.cohort)
+    if args.json:
+        _emit({"ok": not problems, "problems": problems, "observed": observed})
+    elif problems:
+        print(f"drift check FAILED against {expected}:", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+    else:
+        print(f"drift check ok: {len(observed['metrics'])} runs match {expected}")
+    return EXIT_CHECK_FAILED if problems else 0
+
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    from bench import perf
+
+    result = perf.run(args.what, args)
+    if args.json:
+        _emit(result)
+    else:
+        print(json.dumps(_clean(result), indent=2))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="create, import, inspect and validate cohorts")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    p = dsub.add_parser("synth", help="generate the synthetic TCGA-like cohort")
+    p.add_argument("--out", required=True)
+    p.add_argument("--scale", default="tiny", choices=["tiny", "small", "paper"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_data_synth)
+    p = dsub.add_parser("import", help="import real data into a cohort")
+    isub = p.add_subparsers(dest="source", required=True)
+    q = isub.add_parser("modaltune", help="the ModalTune release's split JSONs (+ SurvPath RNA/pathway CSVs)")
+    q.add_argument("--splits", required=True, help="dataset/json_splits directory of the release")
+    q.add_argument("--out", required=True)
+    q.add_argument("--sites", help="comma-separated sites (default: all found)")
+    q.add_argument("--features-root", help="directory searched (recursively) for <slide_id>.h5/.pt")
+    q.add_argument("--rna", action="append", help="rna_clean.csv (repeatable, e.g. one per site)")
+    q.add_argument("--pathways", help="combine_comps.csv (gene x pathway)")
+    q.add_argument("--families", help="MCAT signatures.csv, or a gene,family CSV")
+    q.add_argument("--all-patients", action="store_true", help="keep patients with gene_availability != 1 too")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_data_import)
+    p = dsub.add_parser("stats", help="patient counts per site and split")
+    p.add_argument("cohort")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_data_stats)
+    p = dsub.add_parser("validate", help="check everything a run relies on (exit 1 if anything is wrong)")
+    p.add_argument("cohort")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_data_validate)
+
+    p = sub.add_parser("models", help="list registered models with parameter counts")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--profile", choices=["tiny", "small", "paper"], help="also count parameters at this profile")
+    p.add_argument("--cohort", help="cohort sizing the profile's models (default: the embedded synthetic one)")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("run", help="train and evaluate one model on one site and task")
+    p.add_argument("--model", required=True)
+    p.add_argument("--site", required=True)
+    p.add_argument("--task", choices=["subtype", "survival", "multitask"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cohort", help="cohort directory (default: the embedded synthetic cohort of the profile)")
+    p.add_argument("--profile", default="small", choices=["tiny", "small", "paper"])
+    _add_store(p)
+    p.add_argument("--force", action="store_true", help="rerun even if the result is stored")
+    p.add_argument("--wandb", default="offline", choices=["online", "offline", "disabled"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("grid", help="run the missing runs of a table's grid")
+    p.add_argument("table")
+    p.add_argument("--profile", default="small", choices=["tiny", "small", "paper"])
+    p.add_argument("--cohort")
+    p.add_argument("--seeds", type=_int_list)
+    p.add_argument("--sites")
+    p.add_argument("--models")
+    p.add_argument("--jobs", type=int, help="parallel runs (default: the profile's)")
+    _add_store(p)
+    p.add_argument("--wandb", default="offline", choices=["online", "offline", "disabled"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("table", help="render a table from the results store beside the paper's figures")
+    p.add_argument("table")
+    p.add_argument("--format", default="md", choices=["md", "latex", "csv"])
+    p.add_argument("--out")
+    p.add_argument("--profile", choices=["tiny", "small", "paper"], help="default: the profile of the latest run")
+    _add_store(p)
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("drift", help="record or check the drift grid's metrics")
+    p.add_argument("action", choices=["record", "check"])
+    p.add_argument("--expected", help="recorded metrics (default tests/drift/expected.json)")
+    p.add_argument("--tolerance", type=float)
+    p.add_argument("--cohort", help="tiny cohort to use (default: the embedded one)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_drift)
+
+    p = sub.add_parser("perf", help="performance benchmarks")
+    p.add_argument("what", choices=["harness"])
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--patches", type=int, default=512)
+    p.add_argument("--dim", type=int, default=1536)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_perf)
+    return parser
+
+
+def quiet_libraries() -> None:
+    """Keep Lightning's and W&B's chatter (tips, device banners) off stderr; warnings still show."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    for name in ("lightning", "lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric",
+                 "pytorch_lightning", "wandb", "numexpr", "numexpr.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
+    try:
+        return args.func(args)
+    except BenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code

@@ -1,0 +1,43 @@
+"""Glue between the results store, the grid declarations and :mod:`reports.tables`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.config import get_profile
+from bench.errors import BenchError
+from bench.grids import get_grid
+from bench.registry import all_models
+from bench.results import ResultStore, store_path
+from reports.tables import TableRow, render
+
+
+def render_table(table: str, *, store: str | Path | None = None, profile: str | None = None, fmt: str = "md") -> str:
+    """Render ``table`` from the store alone (rows of the chosen profile) beside the paper's figures."""
+    grid = get_grid(table)
+    path = store_path(str(store) if store else None)
+    if not path.is_file():
+        raise BenchError(f"results store {path} does not exist; run `python -m bench grid {grid.name}` first "
+                         "(or pass --store)")
+    with ResultStore(path) as results:
+        if profile is None:
+            latest = results.latest()
+            profile = latest.profile if latest else "small"
+        rows = results.rows(profile=profile)
+    prof = get_profile(profile)
+    registry = all_models()
+    table_rows = [TableRow(name, registry[name].label if name in registry else label, name in registry)
+                  for name, label in grid.rows]
+    cohorts = sorted({r.cohort for r in rows})
+    header = [f"profile: {prof.name}" + (" (model widths narrowed and fewer epochs than the paper; not comparable "
+                                         "in absolute value)" if prof.narrowed else ""),
+              f"results store: {path}; cohorts: {', '.join(cohorts) if cohorts else 'none run yet'}",
+              f"seeds per cell: {', '.join(map(str, grid.seeds))} (linear probes: one run)"]
+    if any(r.config.get("cohort_kind") == "synthetic" for r in rows):
+        header.append("data: embedded SYNTHETIC TCGA-like cohort — numbers show the harness works and rank methods on "
+                      "planted signal; they are not TCGA results")
+    not_registered = [label for name, label in grid.rows if name not in registry]
+    if not_registered:
+        header.append(f"not yet implemented here (—): {', '.join(not_registered)}")
+    return render(table_rows, grid.sites, rows, table_key=grid.name, title=grid.title, header_lines=header, fmt=fmt,
+                  overall=grid.overall)

@@ -1,0 +1,144 @@
+"""One experiment, end to end: resolve and validate the configuration, skip it if stored, train,
+evaluate and store — the only path by which a result reaches the results store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.config import Profile, RunConfig, get_profile
+from bench.data.cohort import Cohort
+from bench.errors import BenchError
+from bench.registry import get_model
+from bench.results import ResultRow, ResultStore
+from models.base import ModelContext
+
+log = logging.getLogger(__name__)
+DEFAULT_RUNS_DIR = Path("runs")
+
+
+@dataclass
+class RunRequest:
+    """What a user asks for; :func:`execute` resolves it against the registry and the cohort."""
+
+    model: str
+    site: str
+    task: str | None = None
+    seed: int = 0
+    profile: str = "small"
+    cohort: str | Path | None = None
+    store: str | Path | None = None
+    force: bool = False
+    wandb: str = "offline"
+    progress: bool = False
+    runs_dir: Path = DEFAULT_RUNS_DIR
+
+
+def default_cohort_dir(scale: str) -> Path:
+    """Where the embedded synthetic cohort of a scale lives (``$BENCH_COHORTS`` or ``cohorts/``)."""
+    return Path(os.environ.get("BENCH_COHORTS", "cohorts")) / f"synthetic-{scale}"
+
+
+def ensure_cohort(path: str | Path | None, scale: str) -> Cohort:
+    """Load ``path``, or the embedded synthetic cohort of ``scale`` (generated on first use)."""
+    if path is not None:
+        return Cohort.load(path)
+    target = default_cohort_dir(scale)
+    if not (target / "cohort.json").is_file():
+        from bench.data.synth import generate_cohort
+
+        log.info("generating the embedded synthetic %s cohort in %s", scale, target)
+        generate_cohort(target, scale=scale, seed=0)
+    return Cohort.load(target)
+
+
+def model_context(cohort: Cohort, n_outputs: int, profile: str) -> ModelContext:
+    """Size a model for ``cohort``: feature dim, genes, pathway membership, MCAT families."""
+    pathways = cohort.pathways
+    return ModelContext(
+        n_outputs=n_outputs,
+        feature_dim=int(cohort.feature_dim or 0),
+        n_genes=len(cohort.genes),
+        pathways=torch.from_numpy(pathways) if pathways is not None else None,
+        families=cohort.families,
+        profile=profile,
+    )
+
+
+def run_config(model: str, site: str, task: str, seed: int, profile: Profile, cohort: Cohort) -> RunConfig:
+    """The resolved configuration of one run; its hash is the run id."""
+    return RunConfig(model=model, site=site, task=task, seed=seed, profile=profile,
+                     cohort_fingerprint=cohort.fingerprint, regime=get_model(model).regime)
+
+
+def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
+    """Run one experiment (or return its stored result) and return the ``run --json`` object."""
+    entry = get_model(req.model)
+    profile = get_profile(req.profile)
+    cohort = cohort or ensure_cohort(req.cohort, profile.scale)
+    site = cohort.resolve_site(req.site)
+    task = req.task or ("multitask" if entry.tasks == ("multitask",) else None)
+    if task is None:
+        raise BenchError(f"model {entry.name} supports tasks {', '.join(entry.tasks)}; choose one with --task")
+    if task not in entry.tasks:
+        raise BenchError(f"model {entry.name} does not support task {task!r}; it supports {', '.join(entry.tasks)}")
+    config = run_config(entry.name, site, task, req.seed, profile, cohort)
+    run_id = config.run_id()
+    with ResultStore(_store(req)) as store:
+        if not req.force and store.has(run_id, [task]):
+            return _report(store.get(run_id)[0], status="cached")
+
+    if entry.regime != "supervised":
+        raise BenchError(f"model {entry.name}: regime {entry.regime!r} has no trainer in this version of the bench")
+    from bench.data.dataset import prepare_site
+    from bench.train.loggers import make_loggers
+    from bench.train.supervised import configure_determinism, train_supervised
+
+    import lightning as L
+
+    started = time.perf_counter()
+    if profile.threads:
+        torch.set_num_threads(profile.threads)
+    configure_determinism()
+    data = prepare_site(cohort, site, task, entry.modalities, entry.name, profile.max_patches_train)
+    n_outputs = data.n_classes if task == "subtype" else 4
+    L.seed_everything(req.seed, workers=True, verbose=False)
+    model = entry.build(model_context(cohort, n_outputs, profile.name))
+    run_dir = Path(req.runs_dir) / entry.name / f"{site}-{task}-seed{req.seed}-{run_id}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    loggers = make_loggers(run_dir, run_id, config.model_dump(mode="json"), req.wandb)
+    outcome = train_supervised(model, data, profile, run_dir=run_dir, loggers=loggers, progress=req.progress)
+    seconds = time.perf_counter() - started
+    for logger in loggers:
+        logger.log_metrics({k: v for k, v in outcome.metrics.items()})
+        logger.finalize("success")
+    row = ResultRow(
+        run_id=run_id, task=task, model=entry.name, site=site, seed=req.seed, profile=profile.name,
+        cohort=str(cohort.root), cohort_fingerprint=cohort.fingerprint, regime=entry.regime,
+        metrics={**outcome.metrics, "best_epoch": outcome.best_epoch},
+        config={**config.model_dump(mode="json"), "cohort_kind": cohort.kind}, n_train=len(data.splits["train"]), n_val=len(data.splits["val"]),
+        n_test=len(data.splits["test"]), n_excluded=data.n_excluded, seconds=seconds)
+    with ResultStore(_store(req)) as store:
+        store.write([row])
+    return _report(row, status="ran")
+
+
+def _store(req: RunRequest) -> Path:
+    from bench.results import store_path
+
+    return store_path(str(req.store) if req.store else None)
+
+
+def _report(row: ResultRow, status: str) -> dict[str, Any]:
+    return {
+        "run_id": row.run_id, "status": status, "model": row.model, "site": row.site, "task": row.task,
+        "seed": row.seed, "profile": row.profile, "metrics": row.metrics, "n_train": row.n_train,
+        "n_val": row.n_val, "n_test": row.n_test, "n_excluded": row.n_excluded, "seconds": round(row.seconds, 3),
+    }

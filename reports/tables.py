@@ -1,0 +1,146 @@
+"""Render a paper table from the results store and the published figures, side by side.
+
+Each cell is ours ``mean ± std`` over seeds beside the paper's published value; "—" where we have
+not run it, "n/a" where the paper publishes none. "Overall" is the mean over the table's sites of
+the per-site means (shown only when every site is present), as in the paper.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tabulate import tabulate
+
+from reports.reference import paper_reference
+
+TASK_METRIC = {"subtype": ("test_balanced_accuracy", "subtype_balanced_accuracy", "Cancer subtype prediction (balanced accuracy)"),
+               "survival": ("test_c_index", "survival_c_index", "Survival prediction (C-index)")}
+DASH, NA = "—", "n/a"
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One row to render: registry name, paper label, and whether the model is registered."""
+
+    name: str
+    label: str
+    registered: bool
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    std: float | None
+    n: int
+
+
+def _fmt(stat: Stat | None, empty: str) -> str:
+    if stat is None or stat.mean is None or (isinstance(stat.mean, float) and math.isnan(stat.mean)):
+        return empty
+    if stat.std is None:
+        return f"{stat.mean:.3f}"
+    return f"{stat.mean:.3f} ± {stat.std:.3f}"
+
+
+def aggregate(results: Iterable[Any], task: str) -> dict[tuple[str, str], Stat]:
+    """``(model, site) -> Stat`` over seeds of the task's primary test metric.
+
+    ``results`` are store rows (``bench.results.ResultRow``); std is the sample std (ddof=1, as the
+    paper's "mean ± std over three seeds"), None for a single run.
+    """
+    metric = TASK_METRIC[task][0]
+    values: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    for row in results:
+        if row.task == task and metric in row.metrics:
+            values[(row.model, row.site)][row.seed] = float(row.metrics[metric])
+    out = {}
+    for key, by_seed in values.items():
+        v = np.array([by_seed[s] for s in sorted(by_seed)], dtype=float)
+        out[key] = Stat(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else None, len(v))
+    return out
+
+
+def _paper(table_key: str, task: str, label: str, site: str) -> Stat | None:
+    ref = paper_reference().get(table_key, {}).get(TASK_METRIC[task][1], {})
+    cell = ref.get(label, {}).get(site)
+    if not cell or cell.get("mean") is None:
+        return None
+    return Stat(float(cell["mean"]), None if cell.get("std") is None else float(cell["std"]), 0)
+
+
+def table_cells(rows: Sequence[TableRow], sites: Sequence[str], results: list[Any], table_key: str,
+                tasks: Sequence[str] = ("subtype", "survival"), overall: bool = True) -> list[dict[str, Any]]:
+    """Long-format cells: one dict per (task, row, site|Overall) with ours and the paper's values."""
+    cells = []
+    for task in tasks:
+        ours = aggregate(results, task)
+        for row in rows:
+            site_means = []
+            for site in list(sites) + (["Overall"] if overall else []):
+                if site == "Overall":
+                    stat = Stat(float(np.mean(site_means)), None, 0) if len(site_means) == len(sites) else None
+                else:
+                    stat = ours.get((row.name, site))
+                    if stat is not None:
+                        site_means.append(stat.mean)
+                cells.append({"task": task, "model": row.name, "label": row.label, "site": site,
+                              "ours": stat, "paper": _paper(table_key, task, row.label, site)})
+    return cells
+
+
+def render(rows: Sequence[TableRow], sites: Sequence[str], results: list[Any], *, table_key: str, title: str,
+           header_lines: Sequence[str] = (), fmt: str = "md", tasks: Sequence[str] = ("subtype", "survival"),
+           overall: bool = True) -> str:
+    """The table as Markdown (``md``), LaTeX (``latex``) or long-format ``csv``."""
+    cells = table_cells(rows, sites, results, table_key, tasks, overall)
+    if fmt == "csv":
+        return _csv(cells)
+    columns = list(sites) + (["Overall"] if overall else [])
+    tablefmt = {"md": "github", "latex": "latex_booktabs"}[fmt]
+    parts = []
+    if fmt == "md":
+        parts.append(f"## {title}\n")
+        parts.extend(f"> {line}" for line in header_lines)
+        parts.append("")
+        parts.append("Each cell: ours (mean ± std over seeds) / paper. — = not run here; n/a = no published value.\n")
+    else:
+        parts.append(f"% {title}")
+        parts.extend(f"% {line}" for line in header_lines)
+    for task in tasks:
+        by_key = {(c["model"], c["site"]): c for c in cells if c["task"] == task}
+        body = []
+        for row in rows:
+            line = [row.label]
+            for site in columns:
+                c = by_key[(row.name, site)]
+                line.append(f"{_fmt(c['ours'], DASH)} / {_fmt(c['paper'], NA)}")
+            body.append(line)
+        if fmt == "md":
+            parts.append(f"### {TASK_METRIC[task][2]}\n")
+        else:
+            parts.append(f"% {TASK_METRIC[task][2]}")
+        parts.append(tabulate(body, headers=["Model"] + columns, tablefmt=tablefmt, disable_numparse=True))
+        parts.append("")
+    return "\n".join(parts)
+
+
+def _csv(cells: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["task", "model", "label", "site", "ours_mean", "ours_std", "ours_n", "paper_mean", "paper_std"])
+    for c in cells:
+        ours, paper = c["ours"], c["paper"]
+        writer.writerow([c["task"], c["model"], c["label"], c["site"],
+                         "" if ours is None else f"{ours.mean:.6f}",
+                         "" if ours is None or ours.std is None else f"{ours.std:.6f}",
+                         "" if ours is None else ours.n,
+                         "" if paper is None else f"{paper.mean:.3f}",
+                         "" if paper is None or paper.std is None else f"{paper.std:.3f}"])
+    return buf.getvalue()
