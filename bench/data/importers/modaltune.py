@@ -192,6 +192,11 @@ def _raw_text(value: Any) -> str:
     return str(value).strip()
 
 
+def _show(value: Any) -> str:
+    """A value for an error message: strings quoted, numbers plain (no numpy reprs), NaN as NaN."""
+    return repr(value) if isinstance(value, str) else _raw_text(value) or "NaN"
+
+
 def _who(row: pd.Series) -> str:
     patient = _raw_text(row.get(PATIENT_ID))
     slide = _raw_text(row.get(SLIDE_ID))
@@ -240,7 +245,7 @@ def _read_split_file(path: Path, site: str, split: str) -> pd.DataFrame:
         bad_rows = ~is_ok(values).fillna(False).astype(bool)
         if bad_rows.any():
             row = df[bad_rows].iloc[0]
-            raise CohortImportError(f"{path}: {_who(row)} has {col} = {row[col]!r}, which {expectation}; {_FIX[col]}")
+            raise CohortImportError(f"{path}: {_who(row)} has {col} = {_show(row[col])}, which {expectation}; {_FIX[col]}")
         df[col] = values if col == "durations" else values.astype(int)
     unsafe = ~df[SLIDE_ID].str.match(_SAFE_SLIDE_ID)
     if unsafe.any():
@@ -280,7 +285,7 @@ def _check_patient_fields(records: pd.DataFrame) -> None:
         patient = conflict.any(axis=1).idxmax()
         col = conflict.loc[patient].idxmax()
         rows = records[records[PATIENT_ID] == patient]
-        values = ", ".join(repr(v) for v in pd.unique(rows[col]))
+        values = ", ".join(_show(v) for v in pd.unique(rows[col]))
         raise CohortImportError(f"{rows['_file'].iloc[0]}: patient {patient} has conflicting {col!r} across its slides "
                                 f"({values}); every slide record of a patient must carry the same value — fix the records")
 
@@ -330,7 +335,8 @@ def _read_rna_csv(path: Path, notes: list[str]) -> pd.DataFrame:
     if len(header) < 2:
         raise CohortImportError(f"{path}: expected a patient id column then one column per gene (rna_clean.csv layout)")
     id_pos = header.index("case_id") if "case_id" in header else 0
-    df = pd.read_csv(path, low_memory=False)
+    # Only an empty cell is missing: text such as "NA" or "n/a" is reported as the non-number it is.
+    df = pd.read_csv(path, low_memory=False, keep_default_na=False, na_values=[""])
     if df.shape[1] != len(header):
         raise CohortImportError(f"{path}: rows have {df.shape[1]} fields but the header {len(header)}; "
                                 "write the file without a separate index column")
@@ -366,7 +372,7 @@ def _read_rna_csv(path: Path, notes: list[str]) -> pd.DataFrame:
     if bad.any():
         r, c = np.argwhere(bad)[0]
         cell = raw.iat[r, c]
-        what = "is empty" if pd.isna(cell) else f"is {cell!r}, not a number"
+        what = "is missing (empty or NaN)" if pd.isna(cell) else f"is {_show(cell)}, not a number"
         raise CohortImportError(f"{path}: the value for patient {patients.iloc[r]}, gene {genes[c]} {what}; "
                                 "expression must be finite numbers and nothing is imputed — fix the CSV")
     return pd.DataFrame(values.astype(np.float32), index=raw.index, columns=genes)
@@ -412,7 +418,7 @@ def _read_pathways(path: Path) -> pd.DataFrame:
     if not ok.all():
         r, c = np.argwhere(~ok)[0]
         raise CohortImportError(f"{path}: gene {genes.iloc[r]}, pathway {members.columns[c]} has "
-                                f"{df[members.columns[c]].iloc[r]!r}; membership must be 0 or 1")
+                                f"{_show(df[members.columns[c]].iloc[r])}; membership must be 0 or 1")
     members.index = pd.Index(genes, name="gene")
     return members.astype(np.int8)
 
