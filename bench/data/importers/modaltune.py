@@ -229,7 +229,7 @@ def _read_split_file(path: Path, site: str, split: str) -> pd.DataFrame:
         if col not in df.columns:
             df[col] = np.nan
     for col in (PATIENT_ID, SLIDE_ID, "case_id") + TEXT_FIELDS + ("features_path",):
-        df[col] = df[col].map(_raw_text)
+        df[col] = df[col].map(_raw_text).astype(object)
     for col in REQUIRED_FIELDS:
         missing = df[col].isna() | (df[col].astype(str) == "")
         if missing.any():
@@ -312,7 +312,11 @@ def _site_classes(site: str, patients: pd.DataFrame, notes: list[str]) -> dict[s
 
 def _site_bins(site: str, patients: pd.DataFrame, notes: list[str]) -> list[float]:
     """Quartile edges of survival months over all of ``site``'s patients in the split files (Table 5)."""
-    edges = fmt.quartile_edges(patients.loc[patients["_site"] == site, "durations"].to_numpy())
+    months = patients.loc[patients["_site"] == site, "durations"].to_numpy()
+    if months.size == 0:
+        raise CohortImportError(f"site {site}: its split files hold no slide record; import it with data or leave it "
+                                "out with --sites")
+    edges = fmt.quartile_edges(months)
     published = np.asarray(site_info(site).bin_upper_months)
     if np.any(np.abs(np.asarray(edges) - published) > 1.0):
         notes.append(f"{site}: bin edges from the split files {[round(e, 2) for e in edges]} differ from Table 5 "
@@ -404,7 +408,7 @@ def _read_pathways(path: Path) -> pd.DataFrame:
     """combine_comps.csv layout as an int ``[genes, pathways]`` 0/1 table indexed by gene."""
     if not path.is_file():
         raise CohortImportError(f"{path}: pathway file not found (--pathways)")
-    df = pd.read_csv(path)
+    df = pd.read_csv(path, keep_default_na=False, na_values=[""])  # a gene may be called "NA"
     gene_col = "gene" if "gene" in df.columns else df.columns[0]
     leading = list(df.columns[: list(df.columns).index(gene_col)])
     if any(not str(c).startswith("Unnamed:") for c in leading):
@@ -458,7 +462,7 @@ def _read_families(path: Path, genes: Sequence[str], notes: list[str]) -> pd.Dat
     """
     if not path.is_file():
         raise CohortImportError(f"{path}: gene family file not found (--families)")
-    df = pd.read_csv(path, dtype=str)
+    df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     lower = {str(c).strip().lower(): c for c in df.columns}
     if "gene" in lower and "family" in lower:
         pairs = df[[lower["gene"], lower["family"]]].set_axis(["gene", "family"], axis=1)
