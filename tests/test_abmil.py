@@ -94,7 +94,7 @@ def test_planted_minority_signal_is_learned():
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(1)
     dim = 16
-    direction = 3.0 * torch.nn.functional.normalize(torch.randn(dim, generator=generator), dim=0)
+    direction = 4.0 * torch.nn.functional.normalize(torch.randn(dim, generator=generator), dim=0)
     x_train, y_train = _planted_bags(generator, 64, 32, dim, direction)
     x_test, y_test = _planted_bags(generator, 200, 32, dim, direction)
 
