@@ -77,9 +77,9 @@ def cmd_data_import(args: argparse.Namespace) -> int:
                               features_root=args.features_root, rna_csvs=args.rna or (), pathways_csv=args.pathways,
                               families_csv=args.families, all_patients=args.all_patients)
     if args.json:
-        _emit(report.to_dict() if hasattr(report, "to_dict") else report.__dict__)
+        _emit(report.to_dict())
     else:
-        print(report.summary() if hasattr(report, "summary") else report)
+        print(report.summary())
     return 0
 
 

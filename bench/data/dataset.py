@@ -113,6 +113,22 @@ class SiteData:
         return sum(self.excluded.values())
 
 
+def standardise_rna(rna: pd.DataFrame, train_cases: pd.Series) -> pd.DataFrame:
+    """Z-score every gene with the mean and std of the run's *training* patients (no test leakage).
+
+    Imported expression is stored as the source has it (SurvPath's ``rna_clean.csv`` values); the
+    references normalise at training time (SurvPath: min-max on the training split; ModalTune: a
+    standard scaler), so the harness does it here, per run, for every model alike. Genes constant
+    over the training patients keep unit scale.
+    """
+    train = rna.loc[train_cases.to_numpy()].to_numpy(dtype=np.float64)
+    mean = train.mean(axis=0)
+    std = train.std(axis=0)
+    std[std < 1e-6] = 1.0
+    values = (rna.to_numpy(dtype=np.float64) - mean) / std
+    return pd.DataFrame(values.astype(np.float32), index=rna.index, columns=rna.columns)
+
+
 def prepare_site(cohort: Cohort, site: str, task: str, modalities: tuple[str, ...], model: str,
                  max_patches_train: int | None = None) -> SiteData:
     """Select and load the patients of ``site`` usable by a model reading ``modalities`` for ``task``."""
@@ -149,6 +165,8 @@ def prepare_site(cohort: Cohort, site: str, task: str, modalities: tuple[str, ..
     rna_all = cohort.rna if "rna" in modalities else None
     clinical = cohort.clinical_matrix(rows)
 
+    if rna_all is not None:
+        rna_all = standardise_rna(rna_all, rows.loc[rows["split"] == "train", "case_id"])
     splits = {}
     for split in ("train", "val", "test"):
         sel = (rows["split"] == split).to_numpy()

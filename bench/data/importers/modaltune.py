@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from bench.data import format as fmt
+from bench.errors import BenchError
 from bench.data.sites import ALL_SITES, site_info
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ _TCGA_PATIENT = re.compile(r"^(TCGA-[A-Za-z0-9]{2}-[A-Za-z0-9]{4})-.+$")
 _SAFE_SLIDE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class CohortImportError(ValueError):
+class CohortImportError(BenchError, ValueError):
     """A release file cannot be imported. The message names the file, the patient or row and the field
     at fault, and says how to fix it."""
 
