@@ -27,11 +27,11 @@ class CohortError(BenchError):
 
     def __init__(self, problems: list[str] | str, cohort: str | None = None):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
-        head = f"cohort {cohort}: " if cohort else ""
         if len(self.problems) == 1:
-            message = head + self.problems[0]
+            message = self.problems[0]
         else:
-            message = head + f"{len(self.problems)} problems:\n" + "\n".join(f"  - {p}" for p in self.problems)
+            where = f"cohort {cohort}: " if cohort else ""
+            message = where + f"{len(self.problems)} problems:\n" + "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(message)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +113,9 @@ def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
     L.seed_everything(req.seed, workers=True, verbose=False)
     model = entry.build(model_context(cohort, n_outputs, profile.name))
     run_dir = Path(req.runs_dir) / entry.name / f"{site}-{task}-seed{req.seed}-{run_id}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.exists():  # logs of an earlier attempt of this run (--force, or one killed before it stored)
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
     loggers = make_loggers(run_dir, run_id, config.model_dump(mode="json"), req.wandb)
     outcome = train_supervised(model, data, profile, run_dir=run_dir, loggers=loggers, progress=req.progress)
     seconds = time.perf_counter() - started

@@ -104,20 +104,20 @@ def break_missing_event(c: Path) -> list[str]:
 def break_event_code(c: Path) -> list[str]:
     case, _ = _first_slide(c)
     _edit_patients(c, lambda df: df.assign(event=["2"] + list(df["event"][1:])))
-    return [case, "event '2' is outside {0, 1}"]
+    return [case, "event 2 is outside {0, 1}"]
 
 
 def break_label(c: Path) -> list[str]:
     case, _ = _first_slide(c)
     _edit_patients(c, lambda df: df.assign(label=["7"] + list(df["label"][1:])))
-    return [case, "label '7' is outside site RCC's classes"]
+    return [case, "label 7 is outside site RCC's classes"]
 
 
 def break_rna_non_numeric(c: Path) -> list[str]:
     rna = pd.read_parquet(c / "rna.parquet")
     gene = rna.columns[5]
     case = rna.iloc[3]["case_id"]
-    rna[gene] = rna[gene].astype(object)
+    rna[gene] = rna[gene].astype(str)
     rna.loc[3, gene] = "high"
     rna.to_parquet(c / "rna.parquet", index=False)
     return ["rna.parquet", "non-numeric", case, gene]
