@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import h5py
@@ -16,6 +15,9 @@ from bench.data import synth
 from bench.data.sites import ALL_SITES, site_info
 
 
+TinyViews = tuple[pd.DataFrame, np.ndarray, pd.DataFrame]
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synth.generate_cohort(tmp_path_factory.mktemp("tiny") / "cohort", "tiny", seed=0)
@@ -24,6 +26,20 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def small() -> synth.SyntheticPatients:
     return synth.simulate_patients("small", seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_views(tiny: Path) -> TinyViews:
+    """The tiny cohort as read back: patients.csv, mean-pooled bags ``[n, D]`` and pathway scores.
+
+    A pathway score is the mean expression of the pathway's genes (rows: patients with RNA).
+    """
+    patients = pd.read_csv(tiny / fmt.PATIENTS)
+    pooled = np.stack([_bag(tiny, ids).mean(0) for ids in patients["slide_ids"]])
+    rna = pd.read_parquet(tiny / fmt.RNA).set_index("case_id")
+    membership = pd.read_csv(tiny / fmt.PATHWAYS).set_index("gene").loc[rna.columns].to_numpy()
+    scores = pd.DataFrame(rna.to_numpy() @ membership / membership.sum(0), index=rna.index)
+    return patients, pooled, scores
 
 
 def _bag(root: Path, slide_ids: str) -> np.ndarray:
@@ -224,7 +240,11 @@ def test_cohort_files_follow_the_format(tiny: Path) -> None:
     assert manifest["feature_dim"] == 32 and manifest["n_genes"] == 200 and manifest["n_pathways"] == 20
     assert sorted(manifest["sites"]) == sorted(ALL_SITES)
     rcc = manifest["sites"]["RCC"]
-    assert rcc["classes"] == {"0": "papillary renal cell carcinoma", "1": "renal clear cell carcinoma", "2": "chromophobe renal cell carcinoma"}
+    assert rcc["classes"] == {
+        "0": "papillary renal cell carcinoma",
+        "1": "renal clear cell carcinoma",
+        "2": "chromophobe renal cell carcinoma",
+    }
     assert rcc["bin_upper_months"] == [16.0, 34.0, 62.0, 169.0]
 
     header = (tiny / fmt.PATIENTS).read_text().splitlines()[0]
@@ -326,18 +346,16 @@ def test_output_directory_is_replaced_atomically(tmp_path: Path, monkeypatch: py
 # --- planted signal --------------------------------------------------------------------------
 
 
-def test_subtype_is_recoverable_from_patches_and_rna(tiny: Path) -> None:
-    patients = pd.read_csv(tiny / fmt.PATIENTS)
-    rna = pd.read_parquet(tiny / fmt.RNA).set_index("case_id")
-    pooled = np.stack([_bag(tiny, ids).mean(0) for ids in patients["slide_ids"]])
+def test_subtype_is_recoverable_from_patches_and_rna(tiny_views: TinyViews) -> None:
+    patients, pooled, pathway_scores = tiny_views
     wsi_scores, rna_scores = [], []
     for site in ALL_SITES:
         labelled = ((patients["site"] == site) & (patients["label"] >= 0)).to_numpy()
         wsi_scores.append(_cv_balanced_accuracy(pooled[labelled], patients["label"].to_numpy()[labelled]))
         with_rna = labelled & (patients["has_rna"] == 1).to_numpy()
-        x = rna.loc[patients["case_id"][with_rna]].to_numpy()
+        x = pathway_scores.loc[patients["case_id"][with_rna]].to_numpy()
         rna_scores.append(_cv_balanced_accuracy(x, patients["label"].to_numpy()[with_rna]))
-    # Chance is 0.5 (1/3 for RCC); measured ~0.77 (WSI, mean pooling) and ~0.95 (RNA).
+    # Chance is 0.5 (1/3 for RCC); measured ~0.77 (WSI, mean pooling) and ~0.95 (RNA pathways).
     assert np.mean(wsi_scores) > 0.68, wsi_scores
     assert np.mean(rna_scores) > 0.85, rna_scores
 
@@ -356,16 +374,15 @@ def test_subtype_signal_sits_in_a_minority_of_patches(tiny: Path) -> None:
     assert abs(np.mean(median)) < 0.5
 
 
-def test_hazard_latents_are_recoverable_from_files(tiny: Path) -> None:
-    patients = pd.read_csv(tiny / fmt.PATIENTS)
+def test_hazard_latents_are_recoverable_from_files(tiny_views: TinyViews) -> None:
+    patients, pooled, pathway_scores = tiny_views
     latents = synth.simulate_patients("tiny", 0).latents
-    rna = pd.read_parquet(tiny / fmt.RNA).set_index("case_id")
-    pooled = np.stack([_bag(tiny, ids).mean(0) for ids in patients["slide_ids"]])
     wsi_corr, rna_corr = [], []
     for site in ALL_SITES:
         rows = (patients["site"] == site).to_numpy()
         wsi_corr.append(_cv_correlation(pooled[rows], latents["z_wsi"].to_numpy()[rows]))
         with_rna = rows & (patients["has_rna"] == 1).to_numpy()
-        rna_corr.append(_cv_correlation(rna.loc[patients["case_id"][with_rna]].to_numpy(), latents["z_rna"].to_numpy()[with_rna]))
+        x = pathway_scores.loc[patients["case_id"][with_rna]].to_numpy()
+        rna_corr.append(_cv_correlation(x, latents["z_rna"].to_numpy()[with_rna]))
     assert np.mean(wsi_corr) > 0.5, wsi_corr
-    assert np.mean(rna_corr) > 0.75, rna_corr
+    assert np.mean(rna_corr) > 0.8, rna_corr

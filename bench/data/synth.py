@@ -44,15 +44,17 @@ Whole-slide images (patch features)
     ``prototype[tissue type] + N(0, I) + slide stain offset``, tissue types drawn from a per-patient
     Dirichlet mixture of 8 background prototypes. In each slide a spatially contiguous *minority* of
     patches (10-25 % of the patient's bag: the tumour region) additionally carries
-    ``2.0 u_group + 1.5 z_wsi u_prog``: a class-specific direction and the WSI latent. Signal
-    directions are orthonormal and orthogonal to the background prototypes, so attention (MIL)
-    pooling recovers them more sharply than mean pooling.
+    ``3.0 u_group + 2.0 z_wsi u_prog``: a class-specific direction and the WSI latent (the rare
+    set has a direction of its own). Signal directions are orthonormal and orthogonal to the
+    background prototypes. Because only a minority of patches carries the signal, mean pooling
+    dilutes it (tiny: ~0.77 balanced accuracy with a linear probe) where attention (MIL) pooling
+    can isolate it.
 
 Transcriptomics
     Genes (``G00001``...) belong to pathways (``PW001``...; every gene to at least one; at paper
     scale the membership of :func:`models.paper_omics.paper_pathways` with the paper's 331 pathway
-    sizes). Pathway activities are ``N(0, 1)`` plus ``+1.0`` on 1-3 pathways specific to the
-    patient's group and ``+-1.5 z_rna`` on 4 prognostic pathways; a gene's expression is the
+    sizes). Pathway activities are ``N(0, 1)`` plus ``+2.0`` on 1-3 pathways specific to the
+    patient's group (the rare set included) and ``+-1.5 z_rna`` on 4 prognostic pathways; a gene's expression is the
     loading-weighted mean of its pathways' activities plus a per-site gene offset and
     ``N(0, 0.7^2)`` noise, i.e. values on a z-score-like scale as SurvPath's preprocessed RNA.
     ~3 % of patients have no RNA (``has_rna = 0``; absent from ``rna.parquet``).
@@ -127,6 +129,7 @@ TUMOUR_FRACTION = (0.10, 0.25)
 CLASS_SIGNAL = 3.0
 WSI_LATENT_SIGNAL = 2.0
 MIN_PATCHES_PER_SLIDE = 4
+SIGNAL_POOL = 24  # orthonormal signal directions the sites draw their class / prognostic ones from
 
 # RNA model.
 RNA_CLASS_SHIFT = 2.0
@@ -153,6 +156,14 @@ _T_GIVEN_STAGE = np.array([[0.7, 0.3, 0, 0], [0.1, 0.5, 0.4, 0], [0, 0.15, 0.5, 
 _N_GIVEN_STAGE = np.array([[1, 0, 0, 0], [0.6, 0.4, 0, 0], [0, 0.45, 0.35, 0.2], [0.2, 0.3, 0.3, 0.2]])
 _M_GIVEN_STAGE = np.array([[0.9, 0, 0.1], [0.9, 0, 0.1], [0.9, 0, 0.1], [0, 0.9, 0.1]])
 _M_NAMES = np.array(["M0", "M1", "MX"])
+# [stage, 0] = "Stage II"; [stage, 1 + j] = with the j-th sub-stage letter (padded by repeating the last).
+_STAGE_NAMES = np.array(
+    [
+        [f"Stage {roman}"] + [f"Stage {roman}{letter}" for letter in letters.ljust(3, letters[-1])]
+        for roman, letters in zip(_ROMAN, _SUBSTAGE_LETTERS)
+    ],
+    dtype=object,
+)
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -178,15 +189,16 @@ def _largest_remainder(total: int, weights: Sequence[float]) -> np.ndarray:
 
 
 def allocate(row_totals: Sequence[int], col_totals: Sequence[int], min_cell: int = 0) -> np.ndarray:
-    """Integer table ``[R, C]`` with exact margins, each cell within one of its proportional share.
+    """Integer table ``[R, C]`` with exact margins and each cell within one of its proportional share.
 
     The proportional share of cell (r, c) is ``row_r * col_c / total``. Cells take the floor of their
     share; the leftover units (at most ``C - 1`` per row) are placed by Ryser's greedy rule (each
     row, largest leftover first, tops up the columns with the largest leftover demand, ties to the
     largest fractional part), which realises the margins whenever a 0/1 top-up exists, and one
-    always does. ``min_cell`` then lifts empty cells of rows that can afford it by 2x2 swaps
-    ``(r, c)+1, (r, c')-1, (r', c)-1, (r', c')+1`` that keep both margins. Used to stratify a site's
-    subtype groups over train / val / test (DESIGN.md: patient-level 68/12/20, stratified).
+    always does. Then, in rows of at least ``min_cell * C``, cells below ``min_cell`` are lifted by
+    margin-preserving 2x2 swaps ``(r, c)+1, (r, c')-1, (r', c)-1, (r', c')+1`` (a lifted cell may
+    end up more than one from its share). Used to stratify a site's subtype groups over train /
+    val / test (DESIGN.md: patient-level 68/12/20, stratified by subtype).
     """
     rows = np.asarray(row_totals, dtype=int)
     cols = np.asarray(col_totals, dtype=int)
@@ -292,7 +304,7 @@ def _sample_categorical(rng: np.random.Generator, probs: np.ndarray) -> np.ndarr
 
 @dataclass(frozen=True)
 class _SiteParams:
-    """Per-site parameters shared by the patient table, the WSI and the RNA model."""
+    """Per-site, per-group offsets of the log-hazard and of the mean age."""
 
     hazard_offset: np.ndarray  # [n_groups]
     age_shift: np.ndarray  # [n_groups]
@@ -330,20 +342,19 @@ def _clinical_strings(rng: np.random.Generator, stage: np.ndarray) -> dict[str, 
     m = _sample_categorical(rng, _M_GIVEN_STAGE[stage])
     letter_u = rng.random(n)
     with_letter = rng.random(n) < 0.5
-    stage_str = []
-    for s, u, lettered in zip(stage.tolist(), letter_u.tolist(), with_letter.tolist()):
-        letters = _SUBSTAGE_LETTERS[s]
-        suffix = letters[int(u * len(letters))] if lettered else ""
-        stage_str.append(f"Stage {_ROMAN[s]}{suffix}")
+    n_letters = np.array([len(letters) for letters in _SUBSTAGE_LETTERS])
+    column = np.where(with_letter, 1 + (letter_u * n_letters[stage]).astype(int), 0)
     return {
-        "stage": np.array(stage_str, dtype=object),
+        "stage": _STAGE_NAMES[stage, column],
         "t": np.char.add("T", (t + 1).astype(str)).astype(object),
         "n": np.char.add("N", n_cat.astype(str)).astype(object),
         "m": _M_NAMES[m].astype(object),
     }
 
 
-def _survival(rng: np.random.Generator, risk: np.ndarray, events: int, edges: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _survival(
+    rng: np.random.Generator, risk: np.ndarray, events: int, edges: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
     """Months ``[n]`` and event ``[n]`` with exactly ``events`` deaths, driven by ``risk [n]``.
 
     Cox model with unit exponential baseline: latent death ``T = Exp(1) / exp(risk)``, censoring
@@ -578,8 +589,9 @@ class _WsiModel:
     """Feature-space geometry of a cohort and the per-site signal directions.
 
     ``prototypes [K, D]`` span the background subspace; ``directions[site] [n_groups + 1, D]``
-    holds one unit vector per group and, last, the prognostic direction ``u_prog``; all signal
-    directions are orthonormal and orthogonal to the prototypes.
+    holds one unit vector per group and, last, the prognostic direction ``u_prog``. A site's signal
+    directions are orthonormal and orthogonal to the prototypes (a thin QR of a random
+    ``[D, K + 24]`` matrix; sites draw theirs from the same pool of 24, so they may share some).
     """
 
     prototypes: np.ndarray
@@ -589,7 +601,7 @@ class _WsiModel:
 def _wsi_model(spec: ScaleSpec, seed: int, sites: Sequence[str]) -> _WsiModel:
     d = spec.feature_dim
     rng = _rng(seed, _GLOBAL_SITE_KEY, _STREAM_PARAMS)
-    basis, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    basis, _ = np.linalg.qr(rng.standard_normal((d, min(d, N_PROTOTYPES + SIGNAL_POOL))))
     background = basis[:, :N_PROTOTYPES]
     signal = basis[:, N_PROTOTYPES:]
     prototypes = PROTOTYPE_SCALE * rng.standard_normal((N_PROTOTYPES, N_PROTOTYPES)) @ background.T
@@ -713,7 +725,9 @@ def _write_cohort(root: Path, spec: ScaleSpec, seed: int, sites: tuple[str, ...]
         rna_blocks.append(rna[table["has_rna"].to_numpy()[rows] == 1])
         for row in site_latents.itertuples(index=False):
             case_number = int(row.case_id.rsplit("-", 1)[1])
-            slides = _patient_slides(seed, site, spec, wsi, case_number, int(row.group), float(row.z_wsi), int(row.n_slides))
+            slides = _patient_slides(
+                seed, site, spec, wsi, case_number, int(row.group), float(row.z_wsi), int(row.n_slides)
+            )
             for j, (features, coords) in enumerate(slides, start=1):
                 fmt.write_features_h5(features_dir / f"{row.case_id}-01Z-00-DX{j}.h5", features, coords)
         logger.info("synth %s: %d patients in %.1fs", site, len(rows), time.perf_counter() - start)
@@ -724,7 +738,8 @@ def _write_cohort(root: Path, spec: ScaleSpec, seed: int, sites: tuple[str, ...]
     pathways = pd.DataFrame(structure.membership.astype(int), columns=list(structure.pathways))
     pathways.insert(0, "gene", list(structure.genes))
     _write_csv(root / fmt.PATHWAYS, pathways)
-    families = pd.DataFrame({"gene": list(structure.genes), "family": np.asarray(fmt.GENE_FAMILIES)[structure.families]})
+    family_names = np.asarray(fmt.GENE_FAMILIES)[structure.families]
+    families = pd.DataFrame({"gene": list(structure.genes), "family": family_names})
     _write_csv(root / fmt.FAMILIES, families)
 
     site_entries = {}
@@ -771,5 +786,8 @@ def generate_cohort(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("synthetic %s cohort (seed %d, %s) written to %s in %.1fs", spec.name, seed, ",".join(chosen), out, time.perf_counter() - start)
+    logger.info(
+        "synthetic %s cohort (seed %d, %s) written to %s in %.1fs",
+        spec.name, seed, ",".join(chosen), out, time.perf_counter() - start,
+    )
     return out
