@@ -1,0 +1,337 @@
+"""LongNet encoder with dilated attention, as Prov-GigaPath's slide encoder uses it, in plain PyTorch.
+
+Reference: Ding et al., "LongNet: Scaling Transformers to 1,000,000,000 Tokens" (2023) and the
+LongNet fork that Prov-GigaPath (Xu et al., Nature 2024) ships in prov-gigapath/prov-gigapath under
+``gigapath/torchscale`` (``component/dilated_attention.py``, ``architecture/encoder.py``,
+``component/feedforward_network.py``; configuration ``LongNet_12_layers_768_dim`` with
+``EncoderConfig`` defaults: ``subln=True`` hence pre-norm, GELU, LayerNorm eps 1e-5, no attention
+dropout). No flash-attn: every attention call is
+:func:`torch.nn.functional.scaled_dot_product_attention`.
+
+Dilated attention (one *branch* per pair of segment length ``s`` and dilation ratio ``r``), for
+``q, k, v [B, L, H, d]``:
+
+1. ``s' = min(s, L)``; the sequence is zero-padded to a multiple of ``s'`` and cut into segments
+   of ``s'`` tokens; each segment is zero-padded to a multiple of ``r``.  The padding rows are
+   zero *after* the projections, so a padded key has logit 0 and value 0: it takes part in the
+   softmax normaliser exactly as in the reference.
+2. Heads are split into ``r`` groups of ``ceil(H / r)`` heads; head group ``g`` attends among the
+   positions ``g, g + r, g + 2r, ...`` of each segment (``m = ceil(s' / r)`` tokens).
+3. Each branch returns its output and the log-sum-exp ``lse`` of its softmax for the positions and
+   heads it covers; elsewhere the branch is absent (output 0, ``lse = -1e8`` as in the reference).
+4. The branch outputs are averaged with weights ``softmax_over_branches(lse)``; as in the reference
+   the weights are computed without gradient (detached).
+
+Cost per branch is ``O(L * s' / r)``: linear in ``L`` once ``L`` exceeds the segment length, and no
+tensor larger than one segment's ``m x m`` scores ever exists (the fused SDPA kernels do not
+materialise even that).
+
+Deviation from the reference (documented, deliberate): the reference re-assembles a branch whose
+segments needed dilation padding (``s' % r != 0``) by concatenating the *padded* segments before
+cutting to ``L``, which shifts every token after the first segment by the padding size (with the
+paper's segment lengths: only the 185,363/8 branch, only for bags of more than 185,363 tiles).
+Here each segment is cut back to ``s'`` before concatenation, so outputs stay aligned with tokens.
+The reference's ``masked_fill(lse == 0, -1e8)`` (which would also drop a covered position whose
+log-sum-exp is exactly 0) is not reproduced: coverage is tracked explicitly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "DilatedAttention",
+    "DropPath",
+    "FeedForward",
+    "LongNetEncoder",
+    "LongNetEncoderLayer",
+    "attention_with_lse",
+    "dilated_attention",
+]
+
+# Log-sum-exp given to (position, head) pairs that a branch does not cover; the reference's value.
+UNCOVERED_LSE = -1e8
+# Channel width of the extended q/k/v in attention_with_lse is rounded up to this multiple, the
+# alignment the fused CUDA kernels want (and the CPU kernel runs at full speed with).
+_HEAD_ALIGN = 8
+
+
+def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention and its log-sum-exp from a single ``scaled_dot_product_attention`` call.
+
+    ``q, k, v [b, H, m, d]`` -> ``out [b, H, m, d]`` (dtype of ``q``) and
+    ``lse [b, H, m]`` (float32, no gradient) with ``lse_i = log sum_j exp(q_i . k_j / sqrt(d))``.
+
+    The public SDPA returns no log-sum-exp, and recomputing it explicitly would cost one more
+    ``m x m`` score pass (about 3x the fused attention on CPU).  Instead one extra *sink* key is
+    appended whose logit is a chosen per-query constant ``c_i`` (carried by one extra query/key
+    channel), and two extra value channels count the softmax mass on the sink, ``S``, and on the
+    real keys, ``A = 1 - S``.  Then, exactly,
+
+        out = out_ext[..., :d] / A          lse = c + log(A) - log(S).
+
+    ``c`` is Jensen's lower bound ``c_i = q_i . mean_j(k_j) / sqrt(d) + log(m) <= lse_i``, so
+    ``A >= 1/2`` (the division loses nothing) and ``S = sigmoid(c - lse)`` stays representable
+    unless the attention is extremely peaked (``lse - c`` beyond ~87 in float32/bfloat16, ~19 in
+    float16, where the sink value channel is scaled up by 2**14 to widen the range).  ``c``
+    cancels from ``out`` identically, so gradients are those of plain attention.
+    """
+    b, h, m, d = q.shape
+    scale = d**-0.5
+    width = -(-(d + 2) // _HEAD_ALIGN) * _HEAD_ALIGN
+    sink_value = 2.0**14 if q.dtype == torch.float16 else 1.0
+    with torch.no_grad():
+        key_mean = k.float().mean(dim=2, keepdim=True)  # [b, H, 1, d]
+        shift = (q.float() @ key_mean.transpose(-1, -2)).squeeze(-1) * scale + math.log(m)  # [b, H, m]
+        sink_channel = (shift / scale).to(q.dtype)
+        # The logit the kernel will actually see for the sink (after rounding to q's dtype).
+        shift = sink_channel.float() * scale
+
+    pad = width - d
+    q_ext = torch.cat([q, sink_channel.unsqueeze(-1), q.new_zeros(b, h, m, pad - 1)], dim=-1)
+    k_ext = F.pad(k, (0, pad))
+    sink_key = k.new_zeros(b, h, 1, width)
+    sink_key[..., d] = 1.0
+    k_ext = torch.cat([k_ext, sink_key], dim=2)
+    real_mass = v.new_zeros(b, h, m, pad)
+    real_mass[..., 1] = 1.0
+    v_ext = torch.cat([v, real_mass], dim=-1)
+    sink_val = v.new_zeros(b, h, 1, width)
+    sink_val[..., d] = sink_value
+    v_ext = torch.cat([v_ext, sink_val], dim=2)
+
+    out_ext = F.scaled_dot_product_attention(q_ext, k_ext, v_ext, scale=scale)
+    mass_real = out_ext[..., d + 1]
+    out = out_ext[..., :d] / mass_real.unsqueeze(-1)
+    with torch.no_grad():
+        tiny = torch.finfo(torch.float32).tiny
+        mass_sink = out_ext[..., d].float() / sink_value
+        lse = shift + torch.log(mass_real.float().clamp_min(tiny)) - torch.log(mass_sink.clamp_min(tiny))
+    return out, lse
+
+
+def _branch(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment: int, ratio: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One dilated-attention branch: ``q, k, v [B, L, H, d]`` -> dense ``out [B, L, H, d]``, ``lse [B, L, H]``.
+
+    Positions/heads outside the branch's sparsity pattern get ``out = 0`` and ``lse = -1e8``.
+    """
+    batch, length, heads, dim = q.shape
+    seg = min(segment, length)
+    n_seg = -(-length // seg)
+    slots = -(-seg // ratio)
+    per_group = -(-heads // ratio)
+    head_idx = torch.arange(heads, device=q.device)
+    group_idx = head_idx // per_group  # head h reads offset group(h) of every r-block
+
+    def sparse(x: torch.Tensor) -> torch.Tensor:
+        # [B, L, H, d] -> zero-padded segments [B, n, slots, r, H, d] -> [B * n, H, slots, d]
+        x = F.pad(x, (0, 0, 0, 0, 0, n_seg * seg - length)).view(batch, n_seg, seg, heads, dim)
+        x = F.pad(x, (0, 0, 0, 0, 0, slots * ratio - seg)).view(batch, n_seg, slots, ratio, heads, dim)
+        x = x[:, :, :, group_idx, head_idx]  # [B, n, slots, H, d]
+        return x.transpose(2, 3).reshape(batch * n_seg, heads, slots, dim)
+
+    out, lse = attention_with_lse(sparse(q), sparse(k), sparse(v))
+
+    def dense(y: torch.Tensor, fill: float) -> torch.Tensor:
+        # [B * n, H, slots, *t] -> [B, L, H, *t], ``fill`` where the branch is absent
+        tail = y.shape[3:]
+        y = y.view(batch, n_seg, heads, slots, *tail).transpose(2, 3)
+        full = y.new_full((batch, n_seg, slots, ratio, heads, *tail), fill)
+        full[:, :, :, group_idx, head_idx] = y
+        full = full.view(batch, n_seg, slots * ratio, heads, *tail)[:, :, :seg]
+        return full.reshape(batch, n_seg * seg, heads, *tail)[:, :length]
+
+    return dense(out, 0.0), dense(lse, UNCOVERED_LSE)
+
+
+def dilated_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    segment_lengths: Sequence[int],
+    dilation_ratios: Sequence[int],
+) -> torch.Tensor:
+    """LongNet dilated attention, ``q, k, v [B, L, H, d] -> [B, L, H, d]`` (see the module docstring).
+
+    Branch outputs are mixed with weights ``softmax(lse)`` over branches, computed without
+    gradient like the reference's ``torch.no_grad()`` block in ``DilatedAttention.scattering``.
+    """
+    outs, lses = [], []
+    for segment, ratio in zip(segment_lengths, dilation_ratios, strict=True):
+        out, lse = _branch(q, k, v, segment, ratio)
+        outs.append(out)
+        lses.append(lse)
+    with torch.no_grad():
+        weights = torch.softmax(torch.stack(lses), dim=0).to(q.dtype).unsqueeze(-1)  # [K, B, L, H, 1]
+    return sum(out * weight for out, weight in zip(outs, weights, strict=True))
+
+
+class DilatedAttention(nn.Module):
+    """Multi-head dilated self-attention with sub-LayerNorm (``inner_attn_ln``) before ``out_proj``.
+
+    ``x [B, L, D]`` (and optionally ``mask bool [B, L]``, True = real token) -> ``[B, L, D]``.
+    Parameter names follow the reference checkpoint: ``q_proj``, ``k_proj``, ``v_proj``,
+    ``out_proj`` (all with bias), ``inner_attn_ln`` (LayerNorm over ``D``).
+
+    Masking: a batch whose bags differ in length is attended bag by bag over its real tokens only,
+    so a padded and masked bag gets exactly the unpadded bag's result (the segmentation depends on
+    the bag's own length, so the real tokens cannot share one padded layout); padded positions
+    get zeros before ``out_proj``.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        segment_lengths: Sequence[int],
+        dilation_ratios: Sequence[int],
+        layernorm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        if len(segment_lengths) != len(dilation_ratios) or not segment_lengths:
+            raise ValueError("segment_lengths and dilation_ratios must be non-empty and of equal length")
+        if min(segment_lengths) < 1 or min(dilation_ratios) < 1:
+            raise ValueError("segment lengths and dilation ratios must be positive")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.segment_lengths = tuple(int(s) for s in segment_lengths)
+        self.dilation_ratios = tuple(int(r) for r in dilation_ratios)
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.inner_attn_ln = nn.LayerNorm(embed_dim, eps=layernorm_eps)
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        shape = (batch, length, self.num_heads, self.head_dim)
+        q = self.q_proj(x).view(shape)
+        k = self.k_proj(x).view(shape)
+        v = self.v_proj(x).view(shape)
+        return dilated_attention(q, k, v, self.segment_lengths, self.dilation_ratios).reshape(batch, length, -1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None or bool(mask.all()):
+            attn = self._attend(x)
+        else:
+            rows = []
+            for tokens, keep in zip(x, mask.bool(), strict=True):
+                index = keep.nonzero().squeeze(1)
+                attended = self._attend(tokens.index_select(0, index).unsqueeze(0)).squeeze(0)
+                rows.append(torch.zeros_like(tokens).index_copy(0, index, attended))
+            attn = torch.stack(rows)
+        return self.out_proj(self.inner_attn_ln(attn))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: zero a sample's residual branch with probability ``p`` (scaled by ``1/(1-p)``)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class FeedForward(nn.Module):
+    """``fc1 -> GELU (in float32) -> ffn_layernorm -> fc2 -> dropout``, ``[..., D] -> [..., D]``.
+
+    The sub-LayerNorm over the hidden width (``ffn_layernorm``) is LongNet's ``subln`` design;
+    the GELU runs in float32 as in the reference ``FeedForwardNetwork``.
+    """
+
+    def __init__(self, embed_dim: int, ffn_dim: int, dropout: float, layernorm_eps: float = 1e-5) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(embed_dim, ffn_dim)
+        self.ffn_layernorm = nn.LayerNorm(ffn_dim, eps=layernorm_eps)
+        self.fc2 = nn.Linear(ffn_dim, embed_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.fc1(x)
+        hidden = F.gelu(hidden.float()).to(hidden.dtype)
+        return self.dropout(self.fc2(self.ffn_layernorm(hidden)))
+
+
+class LongNetEncoderLayer(nn.Module):
+    """Pre-norm LongNet block, ``x [B, L, D]`` (+ ``mask [B, L]``) -> ``[B, L, D]``::
+
+        x = x + drop_path(dropout(self_attn(self_attn_layer_norm(x))))
+        x = x + drop_path(ffn(final_layer_norm(x)))
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        segment_lengths: Sequence[int],
+        dilation_ratios: Sequence[int],
+        dropout: float = 0.0,
+        drop_path: float = 0.0,
+        layernorm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.self_attn = DilatedAttention(embed_dim, num_heads, segment_lengths, dilation_ratios, layernorm_eps)
+        self.self_attn_layer_norm = nn.LayerNorm(embed_dim, eps=layernorm_eps)
+        self.ffn = FeedForward(embed_dim, ffn_dim, dropout, layernorm_eps)
+        self.final_layer_norm = nn.LayerNorm(embed_dim, eps=layernorm_eps)
+        self.dropout = nn.Dropout(dropout)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.dropout(self.self_attn(self.self_attn_layer_norm(x), mask)))
+        return x + self.drop_path(self.ffn(self.final_layer_norm(x)))
+
+
+class LongNetEncoder(nn.Module):
+    """``depth`` LongNet blocks and the output LayerNorm (``layers``, ``layer_norm``: checkpoint names).
+
+    Stochastic depth grows linearly from 0 at the first block to ``drop_path_rate`` at the last,
+    as ``np.linspace(0, drop_path_rate, depth)`` in the reference ``EncoderLayer``.
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        embed_dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        segment_lengths: Sequence[int],
+        dilation_ratios: Sequence[int],
+        dropout: float = 0.0,
+        drop_path_rate: float = 0.0,
+        layernorm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        rates = torch.linspace(0.0, drop_path_rate, depth).tolist()
+        self.layers = nn.ModuleList(
+            LongNetEncoderLayer(
+                embed_dim, num_heads, ffn_dim, segment_lengths, dilation_ratios, dropout, rate, layernorm_eps
+            )
+            for rate in rates
+        )
+        self.layer_norm = nn.LayerNorm(embed_dim, eps=layernorm_eps)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.layer_norm(x)
