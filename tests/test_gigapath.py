@@ -99,6 +99,16 @@ def full_attention(q, k, v):
     return out.transpose(1, 2)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """These tensors are small: one intra-op thread avoids thread hand-off costing more than the work
+    (10x slower on a shared 2-core machine); the previous setting is restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def paper_model() -> GigaPathSlideEncoder:
     torch.manual_seed(0)
