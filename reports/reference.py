@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from importlib import resources
+from pathlib import Path
 from typing import Any
+
+REFERENCE_PATH = Path(__file__).with_name("paper_reference.json")
 
 
 @lru_cache(maxsize=1)
 def paper_reference() -> dict[str, Any]:
     """The whole published-figures document (Tables 1-6, 2, 3, 8, 9 as JSON)."""
-    text = resources.files("reports").joinpath("paper_reference.json").read_text()
-    return json.loads(text)
+    return json.loads(REFERENCE_PATH.read_text())

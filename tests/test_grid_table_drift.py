@@ -26,9 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 def _count(store: Path) -> tuple[int, int]:
     if not store.exists():
         return 0, 0
-    with sqlite3.connect(store) as conn:
-        total = conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
-        distinct = conn.execute("SELECT COUNT(DISTINCT run_id || task) FROM results").fetchone()[0]
+    try:
+        with sqlite3.connect(store) as conn:
+            total = conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+            distinct = conn.execute("SELECT COUNT(DISTINCT run_id || task) FROM results").fetchone()[0]
+    except sqlite3.OperationalError:  # the grid has not created its table yet
+        return 0, 0
     return total, distinct
 
 
@@ -80,7 +83,7 @@ def test_table_cells_mean_std_paper_and_placeholders() -> None:
     md = render(rows, ["BRCA", "GBMLGG", "NSCLC", "RCC"], results, table_key="table2", title="T", fmt="md")
     abmil_line = next(line for line in md.splitlines() if line.startswith("| ABMIL"))
     assert "0.900 ± 0.100 / 0.853 ± 0.015" in abmil_line  # ours (ddof=1) beside the published BRCA value
-    assert "0.575 / 0.906" in abmil_line  # Overall = mean of the 4 site means, beside the paper's
+    assert "0.600 / 0.906" in abmil_line  # Overall = mean of the 4 site means, beside the paper's
     snn_line = next(line for line in md.splitlines() if line.startswith("| SNN"))
     assert "— / n/a" in snn_line  # not run, no published number
     mlp_line = next(line for line in md.splitlines() if line.startswith("| MLP"))
@@ -98,8 +101,9 @@ def test_table_command_reads_the_store(capsys, tmp_path: Path) -> None:
     assert main(["table", "table2", "--store", str(store)]) == 0
     out = capsys.readouterr().out
     assert "profile: tiny" in out
-    abmil_line = next(line for line in out.splitlines() if line.startswith("| ABMIL "))
-    assert abmil_line.count("0.610 / ") == 1
+    subtype_line, survival_line = [line for line in out.splitlines()
+                                   if line.startswith("|") and line.split("|")[1].strip() == "ABMIL"]
+    assert "0.610" not in subtype_line and survival_line.count("0.610 / ") == 1
 
 
 def test_compare_names_each_moved_metric() -> None:
