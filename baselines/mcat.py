@@ -71,8 +71,9 @@ class GeneGroupSNN(nn.Module):
         dropout: float = 0.25,
     ) -> None:
         super().__init__()
-        gene_index = torch.as_tensor(gene_index, dtype=torch.long).flatten()
-        group_sizes = torch.as_tensor(group_sizes, dtype=torch.long).flatten()
+        # Structure is computed on the CPU, also under a ``torch.device("meta")`` context.
+        gene_index = torch.as_tensor(gene_index, dtype=torch.long, device="cpu").flatten()
+        group_sizes = torch.as_tensor(group_sizes, dtype=torch.long, device="cpu").flatten()
         if group_sizes.numel() == 0:
             raise ValueError("GeneGroupSNN needs at least one gene group")
         if int(group_sizes.sum()) != gene_index.numel():
@@ -97,14 +98,14 @@ class GeneGroupSNN(nn.Module):
         cls, groups: Sequence[Sequence[int]], n_genes: int, hidden: int, dropout: float = 0.25
     ) -> GeneGroupSNN:
         """Build from one gene-index sequence per group (``ModelContext.families``)."""
-        sizes = torch.tensor([len(g) for g in groups], dtype=torch.long)
-        index = torch.tensor([int(i) for g in groups for i in g], dtype=torch.long)
+        sizes = torch.tensor([len(g) for g in groups], dtype=torch.long, device="cpu")
+        index = torch.tensor([int(i) for g in groups for i in g], dtype=torch.long, device="cpu")
         return cls(index, sizes, n_genes, hidden, dropout)
 
     @classmethod
     def from_membership(cls, membership: torch.Tensor, hidden: int, dropout: float = 0.25) -> GeneGroupSNN:
         """Build from a gene x group membership ``bool [G, P]`` (``ModelContext.pathways``)."""
-        membership = torch.as_tensor(membership).bool()
+        membership = torch.as_tensor(membership, device="cpu").bool()
         if membership.dim() != 2:
             raise ValueError(f"membership must be [G, P], got shape {tuple(membership.shape)}")
         group, gene = membership.t().nonzero(as_tuple=True)  # sorted by group, then gene
@@ -116,11 +117,11 @@ class GeneGroupSNN(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        fan_in = self.group_sizes.float()
-        bound1 = torch.where(fan_in > 0, fan_in.clamp_min(1).rsqrt(), torch.zeros_like(fan_in))
-        row_bound = torch.repeat_interleave(bound1, self.group_sizes)
-        self.weight1.uniform_(-1.0, 1.0).mul_(row_bound[:, None])
-        self.bias1.uniform_(-1.0, 1.0).mul_(bound1[:, None])
+        sizes = self.group_sizes.cpu()
+        bound1 = torch.where(sizes > 0, sizes.clamp_min(1).float().rsqrt(), torch.zeros_like(sizes, dtype=torch.float))
+        row_bound = torch.repeat_interleave(bound1, sizes)
+        self.weight1.uniform_(-1.0, 1.0).mul_(row_bound.to(self.weight1)[:, None])
+        self.bias1.uniform_(-1.0, 1.0).mul_(bound1.to(self.bias1)[:, None])
         bound2 = 1.0 / math.sqrt(self.hidden)
         self.weight2.uniform_(-bound2, bound2)
         self.bias2.uniform_(-bound2, bound2)
