@@ -117,38 +117,33 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- models
 def cmd_models(args: argparse.Namespace) -> int:
+    from bench.config import get_profile
     from bench.registry import all_models, params_paper
-    from bench.runner import model_context
+    from bench.runner import model_context, synthetic_context
+    from models.base import count_parameters
 
-    entries = all_models()
-    profile_ctx = None
-    if args.profile:
-        from bench.config import get_profile
-        from bench.runner import ensure_cohort
+    prof = get_profile(args.profile)
+    if args.cohort:
+        from bench.data.cohort import Cohort
 
-        prof = get_profile(args.profile)
-        profile_ctx = (prof, ensure_cohort(args.cohort, prof.scale))
+        ctx = model_context(Cohort.load(args.cohort), 4, prof.name)
+    else:
+        ctx = synthetic_context(prof.scale, 4, prof.name)
     listing = []
-    for entry in entries.values():
+    for entry in all_models().values():
         counts = params_paper(entry)
-        item = {"name": entry.name, "label": entry.label, "modalities": list(entry.modalities),
-                "tasks": list(entry.tasks), "regime": entry.regime, "family": entry.family,
-                "params_paper": counts["all"], "trainable_params_paper": counts["trainable"],
-                "description": entry.description}
-        if profile_ctx is not None:
-            from models.base import count_parameters
-
-            prof, cohort = profile_ctx
-            item["params_profile"] = count_parameters(entry.build(model_context(cohort, 4, prof.name)))
-            item["profile"] = prof.name
-        listing.append(item)
+        listing.append({"name": entry.name, "label": entry.label, "modalities": list(entry.modalities),
+                        "tasks": list(entry.tasks), "regime": entry.regime, "family": entry.family,
+                        "params_paper": counts["all"], "trainable_params_paper": counts["trainable"],
+                        "params_profile": count_parameters(entry.build(ctx)), "profile": prof.name,
+                        "description": entry.description})
     if args.json:
-        _emit({"models": listing})
+        _emit({"profile": prof.name, "models": listing})
     else:
         from tabulate import tabulate
 
-        cols = ["name", "label", "modalities", "tasks", "regime", "params_paper"] + (
-            ["params_profile"] if profile_ctx else [])
+        cols = ["name", "label", "modalities", "tasks", "regime", "params_paper", "params_profile"]
+        print(f"params_profile: profile {prof.name} on {'cohort ' + args.cohort if args.cohort else 'the embedded synthetic cohort'}")
         print(tabulate([[(",".join(m[c]) if isinstance(m[c], list) else
                           (f"{m[c]:,}" if isinstance(m[c], int) else m[c])) for c in cols] for m in listing],
                        headers=cols))
@@ -276,8 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list registered models with parameter counts")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--profile", choices=["tiny", "small", "paper"], help="also count parameters at this profile")
-    p.add_argument("--cohort", help="cohort sizing the profile's models (default: the embedded synthetic one)")
+    p.add_argument("--profile", default="small", choices=["tiny", "small", "paper"],
+                   help="profile of params_profile (default small)")
+    p.add_argument("--cohort", help="cohort sizing params_profile (default: the profile's embedded synthetic cohort)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("run", help="train and evaluate one model on one site and task")

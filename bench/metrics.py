@@ -49,18 +49,20 @@ def survival_metrics(event: np.ndarray, time: np.ndarray, risk: np.ndarray,
                      train_event: np.ndarray | None = None, train_time: np.ndarray | None = None) -> dict[str, float]:
     """Harrell's C-index and, given the training outcomes (for the censoring weights), Uno's IPCW C-index.
 
-    The IPCW estimate is truncated at the largest training follow-up time, where the censoring
-    distribution is still estimable.
+    The IPCW estimate is truncated at the 80th percentile of the training follow-up times: beyond it
+    the Kaplan-Meier estimate of the censoring distribution approaches zero and its inverse squared
+    weights let a handful of late events decide the score.
     """
     out = {"c_index": c_index(event, time, risk)}
+    max_train = float(np.max(train_time)) if train_time is not None and len(train_time) else 0.0
     if train_event is not None and train_time is not None and np.any(event):
-        tau = float(np.max(train_time))
+        tau = float(np.quantile(np.asarray(train_time, float), IPCW_TAU_QUANTILE))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 out["ipcw_c_index"] = float(concordance_index_ipcw(
                     Surv.from_arrays(np.asarray(train_event, bool), np.asarray(train_time, float)),
-                    Surv.from_arrays(np.asarray(event, bool), np.minimum(np.asarray(time, float), tau)),
+                    Surv.from_arrays(np.asarray(event, bool), np.minimum(np.asarray(time, float), max_train)),
                     np.asarray(risk, float), tau=tau)[0])
         except ValueError as err:
             log.warning("IPCW C-index not computable: %s", err)
@@ -68,4 +70,5 @@ def survival_metrics(event: np.ndarray, time: np.ndarray, risk: np.ndarray,
     return out
 
 
+IPCW_TAU_QUANTILE = 0.8
 PRIMARY = {"subtype": "balanced_accuracy", "survival": "c_index"}

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from bench.config import Profile, RunConfig, get_profile
@@ -77,6 +78,17 @@ def run_config(model: str, site: str, task: str, seed: int, profile: Profile, co
     """The resolved configuration of one run; its hash is the run id."""
     return RunConfig(model=model, site=site, task=task, seed=seed, profile=profile,
                      cohort_fingerprint=cohort.fingerprint, regime=get_model(model).regime)
+
+
+def synthetic_context(scale: str, n_outputs: int, profile: str) -> ModelContext:
+    """The context a model gets on the embedded synthetic cohort of ``scale``, without generating it."""
+    from bench.data.synth import SCALES, gene_structure
+
+    spec = SCALES[scale]
+    genes = gene_structure(spec)
+    families = tuple(tuple(int(i) for i in np.flatnonzero(genes.families == k)) for k in range(6))
+    return ModelContext(n_outputs=n_outputs, feature_dim=spec.feature_dim, n_genes=spec.n_genes,
+                        pathways=torch.from_numpy(genes.membership.astype(bool)), families=families, profile=profile)
 
 
 def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
