@@ -32,7 +32,7 @@ from torch import nn
 from baselines.abmil import abmil as build_abmil
 from baselines.genemixer import GENE_MIXER_PAPER_CONTEXT, gene_mixer_for
 from models.base import BenchModel, ModelContext
-from models.genemixer import GeneMixer
+from models.genemixer import PROFILES, GeneMixer
 from models.registry import register_model
 
 __all__ = [
@@ -157,7 +157,8 @@ class LateFusionConfig:
     """Widths of the fusion heads (declarative record; :data:`PAPER_LATE_FUSION` is the reference).
 
     ``hidden``: output width of both heads (SurvPath's ``size[2]`` for cat, ``mmhid`` for KP);
-    ``gated_dim``: width of each modality's gated vector in KP (SurvPath: 256 / ``scale_dim`` 8);
+    ``gated_dim``: width of each modality's gated vector in KP (SurvPath: 256 / ``scale_dim`` 8),
+    whatever the WSI width (TransMIL's 512 is gated down to 32 as well, i.e. ``scale_dim1`` 16);
     ``bilinear_gate``: gate with ``nn.Bilinear`` (PathomicFusion) or a linear map of ``[v1, v2]``
     (SurvPath's port, the configuration its ``fusion="bilinear"`` baselines instantiate).
     """
@@ -177,7 +178,7 @@ class LateFusionConfig:
             return cls(hidden=32, gated_dim=8)
         if profile == "paper":
             return PAPER_LATE_FUSION
-        raise ValueError(f"unknown profile {profile!r}; valid: ('paper', 'small', 'tiny')")
+        raise ValueError(f"unknown profile {profile!r}; valid: {PROFILES}")
 
     def build(self, kind: str, dim1: int, dim2: int) -> ConcatFusion | KroneckerFusion:
         """The ``cat`` or ``kp`` head fusing a ``dim1`` WSI embedding with a ``dim2`` RNA embedding."""
