@@ -81,7 +81,8 @@ class ABMIL(BenchModel):
         mask = bag_mask(batch)
         if not bool(mask.any(dim=1).all()):
             raise ValueError("ABMIL received a bag with no real patch (mask all False)")
-        h = self.fc(batch["features"].float())
+        # Zero the padding first so that non-finite filler cannot leak through a zero weight.
+        h = self.fc(batch["features"].float().masked_fill(~mask[..., None], 0.0))
         scores = self.attention_net(h).masked_fill(~mask, float("-inf"))
         return h, torch.softmax(scores, dim=1)
 
