@@ -197,21 +197,25 @@ class GigaPathSlideEncoder(nn.Module):
         cfg = config if config is not None else GigaPathConfig.paper()
         self.config = cfg
         self.embed_dim = cfg.embed_dim
-        self.patch_embed = PatchEmbed(cfg.feature_dim, cfg.embed_dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
-        self.embed_dropout = nn.Dropout(cfg.dropout)
-        self.encoder = LongNetEncoder(
-            depth=cfg.depth,
-            embed_dim=cfg.embed_dim,
-            num_heads=cfg.num_heads,
-            ffn_dim=cfg.ffn_dim,
-            segment_lengths=cfg.segment_lengths,
-            dilation_ratios=cfg.dilation_ratios,
-            dropout=cfg.dropout,
-            drop_path_rate=cfg.drop_path_rate,
-            layernorm_eps=cfg.layernorm_eps,
-        )
-        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        # Built on the meta device and materialised once: every parameter is then initialised a
+        # single time by reset_parameters (not first by PyTorch's defaults), halving construction.
+        with torch.device("meta"):
+            self.patch_embed = PatchEmbed(cfg.feature_dim, cfg.embed_dim)
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
+            self.embed_dropout = nn.Dropout(cfg.dropout)
+            self.encoder = LongNetEncoder(
+                depth=cfg.depth,
+                embed_dim=cfg.embed_dim,
+                num_heads=cfg.num_heads,
+                ffn_dim=cfg.ffn_dim,
+                segment_lengths=cfg.segment_lengths,
+                dilation_ratios=cfg.dilation_ratios,
+                dropout=cfg.dropout,
+                drop_path_rate=cfg.drop_path_rate,
+                layernorm_eps=cfg.layernorm_eps,
+            )
+            self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.to_empty(device="cpu")
         self.reset_parameters()
 
     @torch.no_grad()

@@ -56,9 +56,60 @@ __all__ = [
 
 # Log-sum-exp given to (position, head) pairs that a branch does not cover; the reference's value.
 UNCOVERED_LSE = -1e8
-# Channel width of the extended q/k/v in attention_with_lse is rounded up to this multiple, the
-# alignment the fused CUDA kernels want (and the CPU kernel runs at full speed with).
+# The extended q/k/v channel width (head dim + 2 bookkeeping channels) is rounded up to this
+# multiple, the alignment the fused CUDA kernels want (the CPU kernel runs at full speed with it).
 _HEAD_ALIGN = 8
+
+
+def _sink_value(dtype: torch.dtype) -> float:
+    """Value carried by the sink key: 2**14 in float16 to keep tiny sink masses out of underflow."""
+    return 2.0**14 if dtype == torch.float16 else 1.0
+
+
+def _extended_rows(x: torch.Tensor, role: str) -> torch.Tensor:
+    """Rows ``x [B, R, d]`` -> ``[B, R + 2, W]`` with the bookkeeping of :func:`_sink_attention`.
+
+    Row ``R`` is an all-zero *padding* row (the reference's zero padding), row ``R + 1`` the *sink*
+    row; ``W = d + 2`` rounded up to a multiple of 8.  Channel ``d`` holds, for keys, 1 on the sink
+    row (so a query's channel ``d`` becomes the sink's logit); for values, the sink value on the sink
+    row.  Channel ``d + 1`` of the values is 1 on every non-sink row (real and padding keys alike
+    count in the softmax normaliser).  Queries get zeros (channel ``d`` is filled per segment).
+    """
+    dim = x.shape[-1]
+    width = -(-(dim + 2) // _HEAD_ALIGN) * _HEAD_ALIGN
+    rows = F.pad(x, (0, width - dim, 0, 2))
+    if role == "k":
+        rows[:, -1, dim] = 1.0
+    elif role == "v":
+        rows[:, :-1, dim + 1] = 1.0
+        rows[:, -1, dim] = _sink_value(x.dtype)
+    return rows
+
+
+def _sink_attention(
+    q_ext: torch.Tensor, k_ext: torch.Tensor, v_ext: torch.Tensor, dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention plus log-sum-exp from one SDPA call, on extended tensors (see :func:`attention_with_lse`).
+
+    ``q_ext [b, H, m, W]`` (channel ``dim`` is overwritten here), ``k_ext, v_ext [b, H, n + 1, W]``
+    whose last key is the sink -> ``out [b, H, m, dim]``, ``lse [b, H, m]`` (float32, no gradient).
+    """
+    scale = dim**-0.5
+    n_keys = k_ext.shape[2] - 1
+    with torch.no_grad():
+        key_mean = k_ext[:, :, :n_keys, :dim].float().mean(dim=2, keepdim=True)  # [b, H, 1, d]
+        bound = (q_ext[..., :dim].float() @ key_mean.transpose(-1, -2)).squeeze(-1) * scale + math.log(n_keys)
+        sink_channel = (bound / scale).to(q_ext.dtype)
+        shift = sink_channel.float() * scale  # the sink logit the kernel sees, after rounding
+    q_ext[..., dim] = sink_channel
+    out_ext = F.scaled_dot_product_attention(q_ext, k_ext, v_ext, scale=scale)
+    mass_real = out_ext[..., dim + 1]
+    out = out_ext[..., :dim] / mass_real.unsqueeze(-1)
+    with torch.no_grad():
+        tiny = torch.finfo(torch.float32).tiny
+        mass_sink = out_ext[..., dim].float() / _sink_value(q_ext.dtype)
+        lse = shift + torch.log(mass_real.float().clamp_min(tiny)) - torch.log(mass_sink.clamp_min(tiny))
+    return out, lse
 
 
 def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,85 +121,45 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tup
     The public SDPA returns no log-sum-exp, and recomputing it explicitly would cost one more
     ``m x m`` score pass (about 3x the fused attention on CPU).  Instead one extra *sink* key is
     appended whose logit is a chosen per-query constant ``c_i`` (carried by one extra query/key
-    channel), and two extra value channels count the softmax mass on the sink, ``S``, and on the
-    real keys, ``A = 1 - S``.  Then, exactly,
+    channel), and two extra value channels collect the softmax mass on the sink, ``S``, and on the
+    other keys, ``A = 1 - S``.  Then, exactly,
 
         out = out_ext[..., :d] / A          lse = c + log(A) - log(S).
 
     ``c`` is Jensen's lower bound ``c_i = q_i . mean_j(k_j) / sqrt(d) + log(m) <= lse_i``, so
     ``A >= 1/2`` (the division loses nothing) and ``S = sigmoid(c - lse)`` stays representable
     unless the attention is extremely peaked (``lse - c`` beyond ~87 in float32/bfloat16, ~19 in
-    float16, where the sink value channel is scaled up by 2**14 to widen the range).  ``c``
-    cancels from ``out`` identically, so gradients are those of plain attention.
+    float16, where the sink value is scaled up by 2**14 to widen the range).  ``c`` cancels from
+    ``out`` identically, so gradients are those of plain attention.
     """
     b, h, m, d = q.shape
-    scale = d**-0.5
-    width = -(-(d + 2) // _HEAD_ALIGN) * _HEAD_ALIGN
-    sink_value = 2.0**14 if q.dtype == torch.float16 else 1.0
-    with torch.no_grad():
-        key_mean = k.float().mean(dim=2, keepdim=True)  # [b, H, 1, d]
-        shift = (q.float() @ key_mean.transpose(-1, -2)).squeeze(-1) * scale + math.log(m)  # [b, H, m]
-        sink_channel = (shift / scale).to(q.dtype)
-        # The logit the kernel will actually see for the sink (after rounding to q's dtype).
-        shift = sink_channel.float() * scale
+    keys = torch.cat([torch.arange(m, device=q.device), torch.tensor([m + 1], device=q.device)])
 
-    pad = width - d
-    q_ext = torch.cat([q, sink_channel.unsqueeze(-1), q.new_zeros(b, h, m, pad - 1)], dim=-1)
-    k_ext = F.pad(k, (0, pad))
-    sink_key = k.new_zeros(b, h, 1, width)
-    sink_key[..., d] = 1.0
-    k_ext = torch.cat([k_ext, sink_key], dim=2)
-    real_mass = v.new_zeros(b, h, m, pad)
-    real_mass[..., 1] = 1.0
-    v_ext = torch.cat([v, real_mass], dim=-1)
-    sink_val = v.new_zeros(b, h, 1, width)
-    sink_val[..., d] = sink_value
-    v_ext = torch.cat([v_ext, sink_val], dim=2)
+    def rows(x: torch.Tensor, role: str) -> torch.Tensor:
+        return _extended_rows(x.reshape(b * h, m, d), role)
 
-    out_ext = F.scaled_dot_product_attention(q_ext, k_ext, v_ext, scale=scale)
-    mass_real = out_ext[..., d + 1]
-    out = out_ext[..., :d] / mass_real.unsqueeze(-1)
-    with torch.no_grad():
-        tiny = torch.finfo(torch.float32).tiny
-        mass_sink = out_ext[..., d].float() / sink_value
-        lse = shift + torch.log(mass_real.float().clamp_min(tiny)) - torch.log(mass_sink.clamp_min(tiny))
-    return out, lse
+    q_ext = rows(q, "q")[:, :m].reshape(b, h, m, -1)
+    k_ext = rows(k, "k").index_select(1, keys).view(b, h, m + 1, -1)
+    v_ext = rows(v, "v").index_select(1, keys).view(b, h, m + 1, -1)
+    return _sink_attention(q_ext, k_ext, v_ext, d)
 
 
-def _branch(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment: int, ratio: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One dilated-attention branch: ``q, k, v [B, L, H, d]`` -> dense ``out [B, L, H, d]``, ``lse [B, L, H]``.
+def _branch_rows(length: int, heads: int, segment: int, ratio: int, device: torch.device) -> torch.Tensor:
+    """Row indices ``long [n, H, m]`` of one branch into the flattened ``[L * H]`` (position, head) rows.
 
-    Positions/heads outside the branch's sparsity pattern get ``out = 0`` and ``lse = -1e8``.
+    Head ``h`` of segment ``j`` attends over positions ``j * s' + g(h) + r * t``, ``t < m``, with
+    ``s' = min(segment, L)``, ``m = ceil(s' / r)`` and head group ``g(h) = h // ceil(H / r)``;
+    positions in the zero padding (past the segment's ``s'`` tokens, or past ``L``) point at the
+    padding row ``L * H``.
     """
-    batch, length, heads, dim = q.shape
     seg = min(segment, length)
     n_seg = -(-length // seg)
     slots = -(-seg // ratio)
-    per_group = -(-heads // ratio)
-    head_idx = torch.arange(heads, device=q.device)
-    group_idx = head_idx // per_group  # head h reads offset group(h) of every r-block
-
-    def sparse(x: torch.Tensor) -> torch.Tensor:
-        # [B, L, H, d] -> zero-padded segments [B, n, slots, r, H, d] -> [B * n, H, slots, d]
-        x = F.pad(x, (0, 0, 0, 0, 0, n_seg * seg - length)).view(batch, n_seg, seg, heads, dim)
-        x = F.pad(x, (0, 0, 0, 0, 0, slots * ratio - seg)).view(batch, n_seg, slots, ratio, heads, dim)
-        x = x[:, :, :, group_idx, head_idx]  # [B, n, slots, H, d]
-        return x.transpose(2, 3).reshape(batch * n_seg, heads, slots, dim)
-
-    out, lse = attention_with_lse(sparse(q), sparse(k), sparse(v))
-
-    def dense(y: torch.Tensor, fill: float) -> torch.Tensor:
-        # [B * n, H, slots, *t] -> [B, L, H, *t], ``fill`` where the branch is absent
-        tail = y.shape[3:]
-        y = y.view(batch, n_seg, heads, slots, *tail).transpose(2, 3)
-        full = y.new_full((batch, n_seg, slots, ratio, heads, *tail), fill)
-        full[:, :, :, group_idx, head_idx] = y
-        full = full.view(batch, n_seg, slots * ratio, heads, *tail)[:, :, :seg]
-        return full.reshape(batch, n_seg * seg, heads, *tail)[:, :length]
-
-    return dense(out, 0.0), dense(lse, UNCOVERED_LSE)
+    head = torch.arange(heads, device=device)
+    within = (head // -(-heads // ratio))[:, None] + ratio * torch.arange(slots, device=device)  # [H, m]
+    pos = torch.arange(n_seg, device=device)[:, None, None] * seg + within  # [n, H, m]
+    real = (within < seg) & (pos < length)
+    return torch.where(real, pos * heads + head[:, None], length * heads)
 
 
 def dilated_attention(
@@ -160,17 +171,38 @@ def dilated_attention(
 ) -> torch.Tensor:
     """LongNet dilated attention, ``q, k, v [B, L, H, d] -> [B, L, H, d]`` (see the module docstring).
 
-    Branch outputs are mixed with weights ``softmax(lse)`` over branches, computed without
-    gradient like the reference's ``torch.no_grad()`` block in ``DilatedAttention.scattering``.
+    Every (position, head) pair is one row of ``[B, L * H (+ padding row, sink row), W]``; a branch
+    gathers its sparse ``[B * n, H, m]`` layout with one ``index_select`` per tensor, attends with
+    :func:`_sink_attention`, and its weighted output is added back with one ``index_add``.  Branch
+    weights are ``softmax(lse)`` over branches, computed without gradient like the reference's
+    ``torch.no_grad()`` block in ``DilatedAttention.scattering``.
     """
-    outs, lses = [], []
+    batch, length, heads, dim = q.shape
+    n_rows = length * heads
+    q_rows, k_rows, v_rows = (
+        _extended_rows(x.reshape(batch, n_rows, dim), role) for x, role in ((q, "q"), (k, "k"), (v, "v"))
+    )
+    branches = []
     for segment, ratio in zip(segment_lengths, dilation_ratios, strict=True):
-        out, lse = _branch(q, k, v, segment, ratio)
-        outs.append(out)
-        lses.append(lse)
+        index = _branch_rows(length, heads, segment, ratio, q.device)
+        n_seg, _, slots = index.shape
+        flat = index.flatten()
+        key_flat = F.pad(index, (0, 1), value=n_rows + 1).flatten()  # + the sink key
+        q_ext = q_rows.index_select(1, flat).view(batch * n_seg, heads, slots, -1)
+        k_ext = k_rows.index_select(1, key_flat).view(batch * n_seg, heads, slots + 1, -1)
+        v_ext = v_rows.index_select(1, key_flat).view(batch * n_seg, heads, slots + 1, -1)
+        out, lse = _sink_attention(q_ext, k_ext, v_ext, dim)
+        branches.append((flat, out.reshape(batch, -1, dim), lse.reshape(batch, -1)))
+
     with torch.no_grad():
-        weights = torch.softmax(torch.stack(lses), dim=0).to(q.dtype).unsqueeze(-1)  # [K, B, L, H, 1]
-    return sum(out * weight for out, weight in zip(outs, weights, strict=True))
+        lse_rows = q.new_full((len(branches), batch, n_rows + 1), UNCOVERED_LSE, dtype=torch.float32)
+        for i, (flat, _, lse) in enumerate(branches):
+            lse_rows[i].index_copy_(1, flat, lse)  # the padding row's value is never read
+        weights = torch.softmax(lse_rows, dim=0).to(q.dtype)
+    mixed = q.new_zeros(batch, n_rows + 1, dim)
+    for weight, (flat, out, _) in zip(weights, branches, strict=True):
+        mixed.index_add_(1, flat, out * weight.index_select(1, flat).unsqueeze(-1))
+    return mixed[:, :n_rows].view(batch, length, heads, dim)
 
 
 class DilatedAttention(nn.Module):
@@ -322,7 +354,7 @@ class LongNetEncoder(nn.Module):
         layernorm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        rates = torch.linspace(0.0, drop_path_rate, depth).tolist()
+        rates = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
         self.layers = nn.ModuleList(
             LongNetEncoderLayer(
                 embed_dim, num_heads, ffn_dim, segment_lengths, dilation_ratios, dropout, rate, layernorm_eps

@@ -406,3 +406,19 @@ def test_profiles_build_the_same_class_narrower():
         GigaPathConfig.for_profile("huge")
     with pytest.raises(ValueError, match="divisible"):
         GigaPathConfig(embed_dim=100, num_heads=16)
+
+
+def test_initialisation_follows_the_reference():
+    torch.manual_seed(0)
+    cfg = replace(GigaPathConfig.paper(), depth=3, embed_dim=64, num_heads=4, ffn_dim=256, drop_path_rate=0.1)
+    model = GigaPathSlideEncoder(cfg)
+    assert [layer.drop_path.p for layer in model.layers] == pytest.approx([0.0, 0.05, 0.1])
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):  # Xavier-uniform weights, zero biases
+            bound = math.sqrt(6.0 / sum(module.weight.shape))
+            assert module.weight.abs().max() <= bound and module.weight.abs().max() > 0.9 * bound
+            assert torch.equal(module.bias, torch.zeros_like(module.bias))
+        elif isinstance(module, torch.nn.LayerNorm):
+            assert torch.equal(module.weight, torch.ones_like(module.weight))
+            assert torch.equal(module.bias, torch.zeros_like(module.bias))
+    assert 0.01 < model.cls_token.std() < 0.03

@@ -1,0 +1,134 @@
+"""CPU benchmark of the Prov-GigaPath slide encoder (``python -m bench perf gigapath``).
+
+Measures, at the paper width (768, 16 heads, paper segment lengths and dilation ratios) and a chosen
+depth, the forward time (median of ``repeats`` inference-mode passes over one bag) and the peak
+resident memory for each bag size, plus the construction time of the full 12-layer paper model.
+Each measurement runs in a fresh spawned process, so every peak RSS belongs to one bag size.
+
+It also reports the number of query-key score pairs the dilated attention evaluates, which explains
+the scaling: with the paper's segment lengths (1024, 5792, 32768, 185363, 1048576) every branch
+whose segment is at least the bag length is full attention over ``L / r`` tokens, i.e. quadratic,
+so below ~1M tokens the attention cost grows faster than linearly (memory stays linear: the fused
+SDPA kernels never hold a score matrix).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from multiprocessing import get_context
+from statistics import median
+from typing import Any
+
+import torch
+
+from models.gigapath import GigaPathConfig, GigaPathSlideEncoder
+
+__all__ = ["attention_score_pairs", "benchmark"]
+
+logger = logging.getLogger(__name__)
+
+
+def attention_score_pairs(length: int, heads: int, segment_lengths, dilation_ratios) -> int:
+    """Query-key pairs scored by one dilated-attention layer over ``length`` tokens (zero padding
+    and the log-sum-exp sink key included): sum over branches of ``n_segments * H * m * (m + 1)``."""
+    total = 0
+    for segment, ratio in zip(segment_lengths, dilation_ratios, strict=True):
+        seg = min(segment, length)
+        slots = math.ceil(seg / ratio)
+        total += math.ceil(length / seg) * heads * slots * (slots + 1)
+    return total
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _synthetic_bag(tiles: int, feature_dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random features ``[1, N, F]`` and N distinct tile coordinates on the 1000 x 1000 grid."""
+    gen = torch.Generator().manual_seed(seed)
+    features = torch.randn(1, tiles, feature_dim, generator=gen)
+    cells = torch.randperm(1000 * 1000, generator=gen)[:tiles]
+    coords = torch.stack([cells // 1000, cells % 1000], dim=-1).float().mul(256.0).unsqueeze(0)
+    return features, coords
+
+
+def _construct(threads: int) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    model = GigaPathSlideEncoder(GigaPathConfig.paper())
+    seconds = time.perf_counter() - start
+    return {"construction_s": seconds, "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def _forward(tiles: int, layers: int, repeats: int, threads: int, seed: int) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    config = replace(GigaPathConfig.paper(), depth=layers)
+    model = GigaPathSlideEncoder(config).eval()
+    features, coords = _synthetic_bag(tiles, config.feature_dim, seed)
+    rss_before = _peak_rss_mb()
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(features, coords)
+            times.append(time.perf_counter() - start)
+    return {
+        "tiles": tiles,
+        "tokens": tiles + 1,
+        "median_s": median(times),
+        "times_s": times,
+        "rss_before_forward_mb": rss_before,
+        "peak_rss_mb": _peak_rss_mb(),
+        "attention_score_pairs_per_layer": attention_score_pairs(
+            tiles + 1, config.num_heads, config.segment_lengths, config.dilation_ratios
+        ),
+    }
+
+
+def _in_fresh_process(fn, *args) -> dict[str, Any]:
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def benchmark(
+    tokens: tuple[int, ...] = (1024, 4096, 16384),
+    layers: int = 12,
+    repeats: int = 3,
+    threads: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Forward time and peak RSS of the paper-width encoder for bags of ``tokens`` tiles, on CPU.
+
+    ``layers`` sets the depth of the timed model (12 is the paper's; fewer if that is too slow:
+    time is linear in depth); ``threads`` defaults to torch's current intra-op thread count.
+    Returns a JSON-ready dict: construction time of the 12-layer paper model, one entry per bag
+    size (median and all times, RSS before the forward passes and peak, score pairs per layer), and
+    the ratios of consecutive median times (``"16384/4096"`` etc.).
+    """
+    threads = threads if threads is not None else torch.get_num_threads()
+    result: dict[str, Any] = {
+        "device": "cpu",
+        "torch": torch.__version__,
+        "threads": threads,
+        "layers": layers,
+        "embed_dim": GigaPathConfig.paper().embed_dim,
+        "repeats": repeats,
+    }
+    result.update(_in_fresh_process(_construct, threads))
+    logger.info("construction of the paper model: %.2f s", result["construction_s"])
+    runs = []
+    for tiles in tokens:
+        run = _in_fresh_process(_forward, tiles, layers, repeats, threads, seed)
+        logger.info("%d tiles: median %.2f s, peak RSS %.0f MB", tiles, run["median_s"], run["peak_rss_mb"])
+        runs.append(run)
+    result["runs"] = runs
+    result["time_ratios"] = {
+        f"{b['tiles']}/{a['tiles']}": b["median_s"] / a["median_s"] for a, b in zip(runs, runs[1:])
+    }
+    return result
