@@ -36,11 +36,12 @@ floating-point summation order, those of the same bag passed alone and unpadded,
 patches in the order they appear in the batch (padding may sit anywhere; ``mask`` False marks it).
 Each bag gets its own square grid, its own virtual left padding and landmark segmentation, and its
 own PPEG canvas; padding never enters an attention, a landmark or a convolution. For a single
-unpadded bag the computation is the reference's, with two deviations in summation order only
-(``attn1 @ (attn2_inv @ (attn3 @ V))`` instead of ``(attn1 @ attn2_inv) @ (attn3 @ V)``) and one
-deviation for batches: the reference scales the pseudo-inverse's initial guess by the maximum over
-the whole batch, which couples the bags of a batch; here it is the maximum over each bag's heads,
-which is identical for a batch of one.
+unpadded bag the computation is the reference's up to floating-point summation order
+(``attn1 @ (attn2_inv @ (attn3 @ V))`` instead of ``(attn1 @ attn2_inv) @ (attn3 @ V)``; the
+virtual left padding folded into one key, see :class:`NystromAttention`). One deviation concerns
+batches: the reference scales the pseudo-inverse's initial guess by the maximum over the whole
+batch, which couples the bags of a batch; here it is the maximum over each bag's heads, identical
+for a batch of one (the reference trains with batch size 1).
 """
 
 from __future__ import annotations
