@@ -156,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     result = execute(RunRequest(model=args.model, site=args.site, task=args.task, seed=args.seed,
                                 profile=args.profile, cohort=args.cohort, store=args.store, force=args.force,
-                                wandb=args.wandb, progress=not args.json and sys.stderr.isatty()))
+                                wandb=args.wandb, weights=args.weights, progress=not args.json and sys.stderr.isatty()))
     if args.json:
         _emit(result)
     else:
@@ -285,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="small", choices=["tiny", "small", "paper"])
     _add_store(p)
     p.add_argument("--force", action="store_true", help="rerun even if the result is stored")
+    p.add_argument("--weights", help="local checkpoint of a foundation model (Prov-GigaPath, TITAN); default random init")
     p.add_argument("--wandb", default="offline", choices=["online", "offline", "disabled"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_run)

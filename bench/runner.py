@@ -4,6 +4,7 @@ evaluate and store — the only path by which a result reaches the results store
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -39,6 +40,7 @@ class RunRequest:
     store: str | Path | None = None
     force: bool = False
     wandb: str = "offline"
+    weights: str | Path | None = None
     progress: bool = False
     runs_dir: Path = DEFAULT_RUNS_DIR
 
@@ -61,8 +63,9 @@ def ensure_cohort(path: str | Path | None, scale: str) -> Cohort:
     return Cohort.load(target)
 
 
-def model_context(cohort: Cohort, n_outputs: int, profile: str) -> ModelContext:
-    """Size a model for ``cohort``: feature dim, genes, pathway membership, MCAT families."""
+def model_context(cohort: Cohort, n_outputs: int, profile: str, weights: str | Path | None = None) -> ModelContext:
+    """Size a model for ``cohort``: feature dim, genes, pathway membership, MCAT families; ``extra["weights"]``
+    is the local checkpoint a foundation-model builder loads (None = random initialisation)."""
     pathways = cohort.pathways
     return ModelContext(
         n_outputs=n_outputs,
@@ -71,13 +74,16 @@ def model_context(cohort: Cohort, n_outputs: int, profile: str) -> ModelContext:
         pathways=torch.from_numpy(pathways) if pathways is not None else None,
         families=cohort.families,
         profile=profile,
+        extra={"weights": str(weights)} if weights else {},
     )
 
 
-def run_config(model: str, site: str, task: str, seed: int, profile: Profile, cohort: Cohort) -> RunConfig:
+def run_config(model: str, site: str, task: str, seed: int, profile: Profile, cohort: Cohort,
+               weights: str | None = None) -> RunConfig:
     """The resolved configuration of one run; its hash is the run id."""
     return RunConfig(model=model, site=site, task=task, seed=seed, profile=profile,
-                     cohort_fingerprint=cohort.fingerprint, regime=get_model(model).regime)
+                     cohort_fingerprint=cohort.fingerprint, regime=get_model(model).regime,
+                     options={"weights": weights} if weights else {})
 
 
 def synthetic_context(scale: str, n_outputs: int, profile: str) -> ModelContext:
@@ -102,19 +108,20 @@ def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
         raise BenchError(f"model {entry.name} supports tasks {', '.join(entry.tasks)}; choose one with --task")
     if task not in entry.tasks:
         raise BenchError(f"model {entry.name} does not support task {task!r}; it supports {', '.join(entry.tasks)}")
-    config = run_config(entry.name, site, task, req.seed, profile, cohort)
+    weights = weights_option(req.weights)
+    config = run_config(entry.name, site, task, req.seed, profile, cohort, weights)
     run_id = config.run_id()
     with ResultStore(_store(req)) as store:
         if not req.force and store.has(run_id, [task]):
             return _report(store.get(run_id)[0], status="cached")
-
-    if entry.regime != "supervised":
+    if entry.regime not in ("supervised", "linear_probe"):
         raise BenchError(f"model {entry.name}: regime {entry.regime!r} has no trainer in this version of the bench")
-    from bench.data.dataset import prepare_site
-    from bench.train.loggers import make_loggers
-    from bench.train.supervised import configure_determinism, train_supervised
 
     import lightning as L
+
+    from bench.data.dataset import prepare_site
+    from bench.train.loggers import make_loggers
+    from bench.train.supervised import configure_determinism
 
     started = time.perf_counter()
     if profile.threads:
@@ -123,26 +130,50 @@ def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
     data = prepare_site(cohort, site, task, entry.modalities, entry.name, profile.max_patches_train)
     n_outputs = data.n_classes if task == "subtype" else 4
     L.seed_everything(req.seed, workers=True, verbose=False)
-    model = entry.build(model_context(cohort, n_outputs, profile.name))
+    ctx = model_context(cohort, n_outputs, profile.name, weights=req.weights)
+    model = entry.build(ctx)
     run_dir = Path(req.runs_dir) / entry.name / f"{site}-{task}-seed{req.seed}-{run_id}"
     if run_dir.exists():  # logs of an earlier attempt of this run (--force, or one killed before it stored)
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     loggers = make_loggers(run_dir, run_id, config.model_dump(mode="json"), req.wandb)
-    outcome = train_supervised(model, data, profile, run_dir=run_dir, loggers=loggers, progress=req.progress)
+    if entry.regime == "supervised":
+        from bench.train.supervised import train_supervised
+
+        outcome = train_supervised(model, data, profile, run_dir=run_dir, loggers=loggers, progress=req.progress)
+        metrics = {**outcome.metrics, "best_epoch": outcome.best_epoch}
+    else:
+        from bench.train.probe import run_linear_probe
+
+        key = {"model": entry.name, "profile": profile.name, "cohort": cohort.fingerprint, "site": site,
+               "seed": req.seed, "weights": weights}
+        metrics = run_linear_probe(model, data, cohort.root, key)
     seconds = time.perf_counter() - started
     for logger in loggers:
-        logger.log_metrics({k: v for k, v in outcome.metrics.items()})
+        logger.log_metrics(metrics)
         logger.finalize("success")
     row = ResultRow(
         run_id=run_id, task=task, model=entry.name, site=site, seed=req.seed, profile=profile.name,
-        cohort=str(cohort.root), cohort_fingerprint=cohort.fingerprint, regime=entry.regime,
-        metrics={**outcome.metrics, "best_epoch": outcome.best_epoch},
-        config={**config.model_dump(mode="json"), "cohort_kind": cohort.kind}, n_train=len(data.splits["train"]), n_val=len(data.splits["val"]),
-        n_test=len(data.splits["test"]), n_excluded=data.n_excluded, seconds=seconds)
+        cohort=str(cohort.root), cohort_fingerprint=cohort.fingerprint, regime=entry.regime, metrics=metrics,
+        config={**config.model_dump(mode="json"), "cohort_kind": cohort.kind}, n_train=len(data.splits["train"]),
+        n_val=len(data.splits["val"]), n_test=len(data.splits["test"]), n_excluded=data.n_excluded, seconds=seconds)
     with ResultStore(_store(req)) as store:
         store.write([row])
     return _report(row, status="ran")
+
+
+def weights_option(path: str | Path | None) -> str | None:
+    """``name:sha256[:16]`` of a local weights file (part of the run id), or None for random init."""
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"weights file {path} does not exist; pass a local checkpoint (nothing is downloaded)")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return f"{path.name}:{digest.hexdigest()[:16]}"
 
 
 def _store(req: RunRequest) -> Path:

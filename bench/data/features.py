@@ -93,18 +93,18 @@ def check_feature_file(path: Path, dim: int | None) -> list[str]:
     return feature_problems(path, feats, coords, dim)
 
 
-def _cache_dir(cohort_root: Path) -> Path:
+def cache_dir(cohort_root: Path) -> Path:
+    """Where derived data of a cohort (bag arrays, embeddings) are cached: ``$BENCH_CACHE`` or ``<cohort>/.cache``."""
     env = os.environ.get("BENCH_CACHE")
-    if env:
-        return Path(env)
-    path = cohort_root / ".cache"
-    try:
-        path.mkdir(exist_ok=True)
+    candidates = [Path(env)] if env else [Path(cohort_root) / ".cache", Path.home() / ".cache" / "modaltune-bench"]
+    for path in candidates:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
         if os.access(path, os.W_OK):
             return path
-    except OSError:
-        pass
-    return Path.home() / ".cache" / "modaltune-bench"
+    raise BenchError(f"no writable cache directory ({', '.join(map(str, candidates))}); set BENCH_CACHE")
 
 
 class BagStore:
@@ -116,8 +116,7 @@ class BagStore:
     def __init__(self, cohort_root: Path, fingerprint: str, bags: list[tuple[str, list[str]]], dim: int):
         self.dim = dim
         key = hashlib.sha256(json.dumps([fingerprint, bags]).encode()).hexdigest()[:16]
-        cache = _cache_dir(Path(cohort_root))
-        cache.mkdir(parents=True, exist_ok=True)
+        cache = cache_dir(Path(cohort_root))
         feats_path, coords_path, index_path = (cache / f"bags-{key}.{s}" for s in ("features.npy", "coords.npy", "index.json"))
         if not index_path.is_file():
             self._build(Path(cohort_root), bags, feats_path, coords_path, index_path)

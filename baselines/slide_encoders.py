@@ -1,0 +1,95 @@
+"""Slide foundation models as comparison rows: linear-probed, tuned, and late-fused with RNA.
+
+Table 2 / Table 9 of ModalTune (ICCV 2025) compare against Prov-GigaPath's slide encoder (and TITAN
+in the supplement) used three ways:
+
+- ``*_lp``: the frozen encoder's slide embedding, linear-probed (``linear_probe`` regime:
+  logistic regression for subtype, Cox PH for survival; one run, no std);
+- ``*_tuned``: the encoder fine-tuned end-to-end with a linear task head (``supervised`` regime);
+- ``*_cat`` / ``*_kp``: the tuned encoder's embedding fused with the Gene Mixer embedding by the
+  same concatenation / Kronecker heads as ABMIL and TransMIL (:mod:`baselines.fusion`).
+
+A patient with several slides is one token sequence: all its tiles, with each further slide's
+coordinates shifted past the previous ones (:mod:`bench.data.features`), as ModalTune's code feeds
+the encoder. Weights come from a local checkpoint (``ctx.extra["weights"]``, the CLI's
+``--weights``); without one the encoder is randomly initialised, which the ``tiny``/``small``
+profiles use with a shallow, narrow encoder of the same class.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from baselines.fusion import build_late_fusion
+from baselines.genemixer import GENE_MIXER_PAPER_CONTEXT
+from models.base import BenchModel, ModelContext
+from models.gigapath import GigaPathConfig, GigaPathSlideEncoder, load_gigapath_weights
+from models.registry import register_model
+
+
+class SlideEncoderModel(BenchModel):
+    """A slide encoder's slide embedding ``[B, E]`` and a linear task head; ``frozen`` stops its gradients.
+
+    Reads ``features [B, N, F]``, ``coords [B, N, 2]`` and ``mask [B, N]`` of the batch.
+    """
+
+    modalities = ("wsi",)
+
+    def __init__(self, encoder: nn.Module, n_outputs: int, frozen: bool):
+        super().__init__()
+        self.encoder = encoder
+        self.embed_dim = int(encoder.embed_dim)
+        self.head = nn.Linear(self.embed_dim, n_outputs)
+        self.frozen = frozen
+        if frozen:
+            self.encoder.requires_grad_(False)
+
+    def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.frozen:
+            self.encoder.eval()
+        return self.encoder(batch["features"], batch["coords"], batch.get("mask"))
+
+
+def gigapath_encoder(ctx: ModelContext) -> GigaPathSlideEncoder:
+    """Prov-GigaPath's slide encoder for ``ctx`` (paper config, or the profile's narrow one), weights loaded."""
+    encoder = GigaPathSlideEncoder(GigaPathConfig.for_profile(ctx.profile, feature_dim=ctx.feature_dim))
+    weights = ctx.extra.get("weights")
+    if weights:
+        load_gigapath_weights(encoder, weights)
+    return encoder
+
+
+_GIGAPATH_PAPER = {"feature_dim": 1536}
+_GIGAPATH_FUSION_PAPER = {"feature_dim": 1536, **GENE_MIXER_PAPER_CONTEXT}
+
+
+@register_model("gigapath_lp", label="Prov-Gigapath LP", modalities=("wsi",), regime="linear_probe",
+                paper_context=_GIGAPATH_PAPER)
+def gigapath_lp(ctx: ModelContext) -> SlideEncoderModel:
+    """Prov-GigaPath LP: frozen slide encoder (86,330,880 parameters), embedding linear-probed."""
+    return SlideEncoderModel(gigapath_encoder(ctx), ctx.n_outputs, frozen=True)
+
+
+@register_model("gigapath_tuned", label="Prov-Gigapath (Tuned)", modalities=("wsi",), paper_context=_GIGAPATH_PAPER)
+def gigapath_tuned(ctx: ModelContext) -> SlideEncoderModel:
+    """Prov-Gigapath (Tuned): slide encoder fine-tuned end-to-end with a linear task head."""
+    return SlideEncoderModel(gigapath_encoder(ctx), ctx.n_outputs, frozen=False)
+
+
+def _tuned_gigapath_wsi(ctx: ModelContext) -> SlideEncoderModel:
+    return SlideEncoderModel(gigapath_encoder(ctx), ctx.n_outputs, frozen=False)
+
+
+@register_model("gigapath_cat", label="Prov-Gigapath (cat)", modalities=("wsi", "rna"),
+                paper_context=_GIGAPATH_FUSION_PAPER)
+def gigapath_cat(ctx: ModelContext) -> BenchModel:
+    """Prov-Gigapath (cat): tuned slide embedding concatenated with the Gene Mixer embedding."""
+    return build_late_fusion(ctx, _tuned_gigapath_wsi, "cat")
+
+
+@register_model("gigapath_kp", label="Prov-Gigapath (KP)", modalities=("wsi", "rna"),
+                paper_context=_GIGAPATH_FUSION_PAPER)
+def gigapath_kp(ctx: ModelContext) -> BenchModel:
+    """Prov-Gigapath (KP): tuned slide embedding and Gene Mixer embedding fused by the gated Kronecker head."""
+    return build_late_fusion(ctx, _tuned_gigapath_wsi, "kp")

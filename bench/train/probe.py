@@ -1,0 +1,117 @@
+"""The ``linear_probe`` regime: a frozen encoder's patient embeddings, probed linearly.
+
+As in the ModalTune release's evaluation: logistic regression (liblinear, ``max_iter`` 200,
+``random_state`` 0; one-vs-rest for more than two classes) on the raw embeddings for subtype, rare
+set excluded; lifelines' Cox
+proportional-hazards model (penalizer 0.1) for survival, whose partial hazard is the risk score.
+Embeddings are computed once per (encoder, weights, cohort) and cached, so a probe costs one
+forward pass per patient.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from bench import metrics as M
+from bench.data.dataset import PatientDataset, SiteData, collate
+from bench.data.features import cache_dir
+from models.base import BenchModel
+
+log = logging.getLogger(__name__)
+
+LOGREG = {"solver": "liblinear", "max_iter": 200, "random_state": 0}
+COX_PENALIZER = 0.1
+
+
+@torch.no_grad()
+def embed(model: BenchModel, dataset: PatientDataset, device: torch.device | str = "cpu") -> np.ndarray:
+    """``float32 [len(dataset), E]`` patient embeddings (eval mode, whole bags, one patient at a time)."""
+    model.eval().to(device)
+    loader = DataLoader(dataset, batch_size=1, collate_fn=collate)
+    out = []
+    for batch in loader:
+        moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        out.append(model.forward_features(moved).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def cached_embeddings(model: BenchModel, data: SiteData, cohort_root: Path, key: dict) -> dict[str, np.ndarray]:
+    """Embeddings of every split of ``data``, read from / written to the cohort's cache under ``key``."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir(cohort_root) / f"embeddings-{key.get('model', 'model')}-{digest}.npz"
+    cases = {s: data.splits[s].case_ids for s in data.splits}
+    if path.is_file():
+        stored = np.load(path, allow_pickle=False)
+        stored_cases = {s: list(stored[f"{s}_cases"]) for s in cases}
+        if stored_cases == cases:
+            return {s: stored[s] for s in cases}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    arrays = {s: embed(model, data.splits[s], device) for s in cases}
+    from bench.data.format import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays, **{f"{s}_cases": np.array(c) for s, c in cases.items()})
+    return arrays
+
+
+def probe_subtype(x: dict[str, np.ndarray], data: SiteData) -> dict[str, float]:
+    """Fit logistic regression on the training embeddings; val/test balanced accuracy and AUC."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    y = {s: data.splits[s].labels for s in x}
+    keep = y["train"] >= 0
+    clf = LogisticRegression(**LOGREG)
+    if data.n_classes > 2:  # liblinear is one-vs-rest, as scikit-learn applied it implicitly for the release
+        clf = OneVsRestClassifier(clf)
+    clf.fit(x["train"][keep], y["train"][keep])
+    out = {}
+    for split in ("val", "test"):
+        probs = np.zeros((len(x[split]), data.n_classes))
+        probs[:, clf.classes_] = clf.predict_proba(x[split])
+        out.update({f"{split}_{k}": v for k, v in M.subtype_metrics(y[split], probs).items()})
+    return out
+
+
+def probe_survival(x: dict[str, np.ndarray], data: SiteData) -> dict[str, float]:
+    """Fit a penalised Cox model on the training embeddings; val/test C-index (risk = partial hazard)."""
+    from lifelines import CoxPHFitter
+    from lifelines.exceptions import ConvergenceError
+
+    train = data.splits["train"]
+    frame = pd.DataFrame(x["train"], columns=[f"e{i}" for i in range(x["train"].shape[1])])
+    frame["time"], frame["event"] = train.months.astype(float), train.events.astype(int)
+    cph = CoxPHFitter(penalizer=COX_PENALIZER)
+    out = {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cph.fit(frame, duration_col="time", event_col="event")
+    except ConvergenceError as err:
+        log.warning("Cox model did not converge on %s embeddings: %s", data.site, err)
+        return {f"{s}_{m}": float("nan") for s in ("val", "test") for m in ("c_index", "ipcw_c_index")}
+    for split in ("val", "test"):
+        ds = data.splits[split]
+        test_frame = pd.DataFrame(x[split], columns=frame.columns[:-2])
+        risk = np.asarray(cph.predict_partial_hazard(test_frame), dtype=float)
+        m = M.survival_metrics(ds.events, ds.months, risk, *data.train_survival)
+        out.update({f"{split}_{k}": v for k, v in m.items()})
+    return out
+
+
+def run_linear_probe(model: BenchModel, data: SiteData, cohort_root: Path, key: dict) -> dict[str, float]:
+    """Embed (cached) and probe for ``data.task``; returns val_/test_ metrics."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = cached_embeddings(model, data, cohort_root, key)
+    return probe_subtype(x, data) if data.task == "subtype" else probe_survival(x, data)
