@@ -46,6 +46,14 @@ def profile_dim(profile: str) -> int:
         raise ValueError(f"unknown profile {profile!r}; valid: {sorted(PROFILE_DIMS)}") from None
 
 
+def real_patch_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """:func:`models.base.bag_mask`, rejecting bags without any real patch (their attention is undefined)."""
+    mask = bag_mask(batch)
+    if not bool(mask.any(dim=1).all()):
+        raise ValueError("a bag has no real patch (its mask row is all False)")
+    return mask
+
+
 class GeneGroupSNN(nn.Module):
     """One two-layer SNN per gene group, all groups computed at once: ``rna [B, G] -> [B, P, H]``.
 
@@ -237,7 +245,7 @@ class MCAT(BenchModel):
         """``features [B, N, D]`` (+ ``mask [B, N]``), ``rna [B, G]`` -> embedding ``[B, dim]``."""
         patches = self.wsi_net(batch["features"])  # [B, N, dim]
         genes = self.gene_tokens(batch["rna"])  # [B, K, dim]
-        guided = self.coattn(genes, patches, bag_mask(batch))  # [B, K, dim]
+        guided = self.coattn(genes, patches, real_patch_mask(batch))  # [B, K, dim]
         h_path = self.path_pool(self.path_transformer(guided))
         h_omic = self.omic_pool(self.omic_transformer(genes))
         return self.fusion(torch.cat([h_path, h_omic], dim=-1))

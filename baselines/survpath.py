@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.mcat import PAPER_FEATURE_DIM, GeneGroupSNN, profile_dim
-from models.base import BenchModel, ModelContext, bag_mask
+from baselines.mcat import PAPER_FEATURE_DIM, GeneGroupSNN, profile_dim, real_patch_mask
+from models.base import BenchModel, ModelContext
 from models.paper_omics import SURVPATH_N_GENES, paper_pathways
 from models.registry import register_model
 
@@ -111,15 +111,15 @@ class SurvPath(BenchModel):
         """
         pathways = self.pathway_tokens(batch["rna"])
         patches = self.wsi_projection(batch["features"])
-        out_pathways, out_patches = self.cross_attention(pathways, patches, bag_mask(batch))
+        out_pathways, out_patches = self.cross_attention(pathways, patches, real_patch_mask(batch))
         return self.norm(self.feed_forward(out_pathways)), self.norm(self.feed_forward(out_patches))
 
     def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``features [B, N, D]`` (+ ``mask [B, N]``), ``rna [B, G]`` -> embedding ``[B, dim]``."""
         pathways, patches = self.encode_tokens(batch)
-        mask = bag_mask(batch)
+        mask = real_patch_mask(batch)
         patch_sum = torch.where(mask[..., None], patches, torch.zeros_like(patches)).sum(dim=1)
-        patch_mean = patch_sum / mask.sum(dim=1, keepdim=True).clamp_min(1).to(patches.dtype)
+        patch_mean = patch_sum / mask.sum(dim=1, keepdim=True).to(patches.dtype)
         return torch.cat([pathways.mean(dim=1), patch_mean], dim=-1)
 
 

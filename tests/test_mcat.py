@@ -138,6 +138,18 @@ def test_padding_and_mask_invariance():
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
 
 
+
+def test_empty_bag_is_rejected():
+    model = MCAT(feature_dim=8, families=FAMILIES, n_genes=N_GENES, n_outputs=2, dim=16)
+    batch = {
+        "features": torch.randn(2, 4, 8),
+        "mask": torch.tensor([[True] * 4, [False] * 4]),
+        "rna": torch.randn(2, N_GENES),
+    }
+    with pytest.raises(ValueError, match="no real patch"):
+        model(batch)
+
+
 def test_builder_profiles_and_missing_families():
     tiny = mcat(ModelContext(feature_dim=8, n_genes=N_GENES, families=FAMILIES, n_outputs=2, profile="tiny"))
     assert isinstance(tiny, MCAT) and tiny.embed_dim == 32
