@@ -320,9 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_drift)
 
     p = sub.add_parser("perf", help="performance benchmarks")
-    p.add_argument("what", choices=["harness"])
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--patches", type=int, default=512)
+    p.add_argument("what", choices=["harness", "models"])
+    p.add_argument("--steps", type=int, default=200, help="harness: training steps")
+    p.add_argument("--patches", type=int, help="patches per bag (harness 512, models 4096)")
+    p.add_argument("--models", help="models: which models (default: the Table 2 comparison models)")
     p.add_argument("--dim", type=int, default=1536)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_perf)

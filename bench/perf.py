@@ -1,5 +1,8 @@
 """Performance benchmarks (``python -m bench perf …``) — measured here, never asserted in tests.
 
+``models``: forward+backward time and peak RSS of each model at its paper configuration for one bag
+of N = 4,096 patches at D = 1,536 (batch 1), each model in a fresh process.
+
 ``harness``: trains ``abmil`` for a fixed number of steps through the harness (Lightning module,
 trainer, loggers, data loader and collate of :mod:`bench.data.dataset`) and through a bare PyTorch
 loop over the same loader, model initialisation and loss, and reports both wall times and their
@@ -90,9 +93,61 @@ def harness(steps: int = 200, patches: int = 512, dim: int = 1536, batch_size: i
             "peak_rss_mb": round(_peak_rss_mb(), 1)}
 
 
+def _model_step(name: str, patches: int, dim: int, repeats: int) -> dict[str, Any]:
+    """Worker (own process, so peak RSS is this model's): forward+backward of one bag, median of ``repeats``."""
+    from bench.registry import get_model, paper_context
+
+    torch.manual_seed(0)
+    entry = get_model(name)
+    ctx = paper_context(entry, n_outputs=4)
+    ctx = type(ctx)(**{**ctx.__dict__, "feature_dim": dim})
+    batch = {"features": torch.randn(1, patches, dim), "coords": torch.randint(0, 200, (1, patches, 2)).float() * 256,
+             "mask": torch.ones(1, patches, dtype=torch.bool), "rna": torch.randn(1, ctx.n_genes),
+             "clinical": torch.zeros(1, 5), "label": torch.tensor([1]), "survival_bin": torch.tensor([2]),
+             "event": torch.tensor([1]), "survival_months": torch.tensor([10.0])}
+    base_rss = _peak_rss_mb()
+    model = entry.build(ctx).train()
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        model.compute_loss(batch, "survival").backward()
+        times.append(time.perf_counter() - start)
+        model.zero_grad(set_to_none=True)
+    return {"model": name, "params": sum(p.numel() for p in model.parameters()),
+            "fwd_bwd_s": round(float(np.median(times[1:])), 4), "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "peak_rss_over_start_mb": round(_peak_rss_mb() - base_rss, 1)}
+
+
+def models(names: list[str] | None = None, patches: int = 4096, dim: int = 1536, repeats: int = 3) -> dict[str, Any]:
+    """Forward+backward time and peak memory of each model at its paper configuration, one bag of ``patches``.
+
+    Default: every supervised Table 2 comparison model that needs no slide foundation model.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from bench.registry import all_models
+
+    registry = all_models()
+    if names is None:
+        names = [n for n, e in registry.items() if e.regime == "supervised" and e.family != "slide_encoders"
+                 and e.family not in ("modaltune",)]
+    runs = []
+    for name in names:
+        with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+            runs.append(pool.submit(_model_step, name, patches, dim, repeats).result())
+    return {"benchmark": "models", "patches": patches, "dim": dim, "batch_size": 1, "repeats": repeats,
+            "threads": torch.get_num_threads(), "runs": runs}
+
+
 def run(what: str, args: argparse.Namespace) -> dict[str, Any]:
     if what == "harness":
-        return harness(steps=args.steps, patches=args.patches, dim=args.dim)
+        return harness(steps=args.steps, patches=args.patches or 512, dim=args.dim)
+    if what == "models":
+        from bench.registry import resolve_models
+
+        return models(resolve_models(args.models) if args.models else None, patches=args.patches or 4096,
+                      dim=args.dim)
     raise ValueError(what)
 
 
