@@ -17,3 +17,22 @@ REFERENCE_PATH = Path(__file__).with_name("paper_reference.json")
 def paper_reference() -> dict[str, Any]:
     """The whole published-figures document (Tables 1-6, 2, 3, 8, 9 as JSON)."""
     return json.loads(REFERENCE_PATH.read_text())
+
+
+_METRIC_KEYS = {"subtype": "subtype_balanced_accuracy", "survival": "survival_c_index"}
+
+
+def published(table: str, task: str, label: str, site: str) -> tuple[float, float | None] | None:
+    """The published ``(mean, std)`` of a table cell, or None where the paper gives none.
+
+    Tables 2 and 3 publish per-site cells; Table 9 (TITAN) only ModalTune TITAN's Overall.
+    """
+    ref = paper_reference()
+    if table == "table9":
+        known = ref.get("table9_titan_known", {}).get(label, {})
+        value = known.get(f"{task}_overall") if site == "Overall" else None
+        return None if value is None else (float(value), None)
+    cell = ref.get(table, {}).get(_METRIC_KEYS[task], {}).get(label, {}).get(site)
+    if not cell or cell.get("mean") is None:
+        return None
+    return float(cell["mean"]), (None if cell.get("std") is None else float(cell["std"]))

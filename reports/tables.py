@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 from tabulate import tabulate
 
-from reports.reference import paper_reference
+from reports.reference import published
 
-TASK_METRIC = {"subtype": ("test_balanced_accuracy", "subtype_balanced_accuracy", "Cancer subtype prediction (balanced accuracy)"),
-               "survival": ("test_c_index", "survival_c_index", "Survival prediction (C-index)")}
+TASK_METRIC = {"subtype": ("test_balanced_accuracy", "Cancer subtype prediction (balanced accuracy)"),
+               "survival": ("test_c_index", "Survival prediction (C-index)")}
 DASH, NA = "—", "n/a"
 
 
@@ -68,11 +68,8 @@ def aggregate(results: Iterable[Any], task: str) -> dict[tuple[str, str], Stat]:
 
 
 def _paper(table_key: str, task: str, label: str, site: str) -> Stat | None:
-    ref = paper_reference().get(table_key, {}).get(TASK_METRIC[task][1], {})
-    cell = ref.get(label, {}).get(site)
-    if not cell or cell.get("mean") is None:
-        return None
-    return Stat(float(cell["mean"]), None if cell.get("std") is None else float(cell["std"]), 0)
+    value = published(table_key, task, label, site)
+    return None if value is None else Stat(value[0], value[1], 0)
 
 
 def table_cells(rows: Sequence[TableRow], sites: Sequence[str], results: list[Any], table_key: str,
@@ -123,9 +120,9 @@ def render(rows: Sequence[TableRow], sites: Sequence[str], results: list[Any], *
                 line.append(f"{_fmt(c['ours'], DASH)} / {_fmt(c['paper'], NA)}")
             body.append(line)
         if fmt == "md":
-            parts.append(f"### {TASK_METRIC[task][2]}\n")
+            parts.append(f"### {TASK_METRIC[task][1]}\n")
         else:
-            parts.append(f"% {TASK_METRIC[task][2]}")
+            parts.append(f"% {TASK_METRIC[task][1]}")
         parts.append(tabulate(body, headers=["Model"] + columns, tablefmt=tablefmt, disable_numparse=True))
         parts.append("")
     return "\n".join(parts)
