@@ -31,6 +31,7 @@ from torch import nn
 
 from baselines.abmil import abmil as build_abmil
 from baselines.genemixer import GENE_MIXER_PAPER_CONTEXT, gene_mixer_for
+from baselines.transmil import transmil as build_transmil
 from models.base import BenchModel, ModelContext
 from models.genemixer import PROFILES, GeneMixer
 from models.registry import register_model
@@ -263,8 +264,6 @@ def transmil_cat(ctx: ModelContext) -> LateFusion:
     Profiles: TransMIL narrows as its own builder documents; the Gene Mixer narrows to 64 / 16 and
     the fusion width to 64 / 32 (``small`` / ``tiny``).
     """
-    from baselines.transmil import transmil as build_transmil
-
     return build_late_fusion(ctx, build_transmil, "cat")
 
 
@@ -275,6 +274,4 @@ def transmil_kp(ctx: ModelContext) -> LateFusion:
     Profiles: TransMIL narrows as its own builder documents; the Gene Mixer narrows to 64 / 16,
     ``mmhid`` to 64 / 32 and the gated vectors from 32 to 8 (``small`` / ``tiny``).
     """
-    from baselines.transmil import transmil as build_transmil
-
     return build_late_fusion(ctx, build_transmil, "kp")

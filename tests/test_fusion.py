@@ -148,15 +148,31 @@ def test_bilinear_gates_cost_the_reference_bilinear_weights():
     assert count_parameters(bilinear) == 396_224 + 2 * (256 * 256 * 32 + 32) - 2 * (512 * 32 + 32)
 
 
-@pytest.mark.parametrize(("name", "head"), [("abmil_cat", 197_120), ("abmil_kp", 396_224)])
-def test_paper_configuration_is_the_sum_of_its_parts(name, head):
-    """ABMIL without its own head (592,133 - 1,028) + Gene Mixer without its head (24,972,126 - 1,028)
-    + fusion head + Linear(256, 4)."""
-    model = registered()[name].build(_paper_context(name))
+@pytest.mark.parametrize(
+    ("name", "wsi_name", "head"),
+    [
+        ("abmil_cat", "abmil", 197_120),
+        ("abmil_kp", "abmil", 396_224),
+        ("transmil_cat", "transmil", 262_656),
+        ("transmil_kp", "transmil", 420_800),
+    ],
+)
+def test_paper_configuration_is_the_sum_of_its_parts(name, wsi_name, head):
+    """WSI model without its head + Gene Mixer without its head (24,972,126 - 1,028) + fusion head
+    + Linear(256, 4)."""
+    ctx = _paper_context(name)
+    model = registered()[name].build(ctx)
+    wsi_alone = registered()[wsi_name].build(ctx)
     assert count_parameters(model.fusion) == head
     assert isinstance(model.wsi.head, nn.Identity)
-    assert count_parameters(model) == 591_105 + 24_971_098 + head + 1_028
+    expected_wsi = count_parameters(wsi_alone) - count_parameters(wsi_alone.head)
+    assert count_parameters(model) == expected_wsi + 24_971_098 + head + 1_028
     assert model.genes.n_genes == 4987
+
+
+def test_abmil_cat_paper_count():
+    """ABMIL at D = 1536 without its head is 592,133 - 1,028 = 591,105 parameters."""
+    assert count_parameters(registered()["abmil_cat"].build(_paper_context("abmil_cat"))) == 25_760_351
 
 
 def test_registry_entries():
@@ -171,22 +187,28 @@ def test_registry_entries():
 # --- behaviour -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["cat", "kp"])
+def _tiny_registered(name: str, n_outputs: int = 3) -> LateFusion:
+    ctx = ModelContext(n_outputs=n_outputs, feature_dim=8, n_genes=24, pathways=_pathways(), profile="tiny")
+    return registered()[name].build(ctx)
+
+
+@pytest.mark.parametrize("name", FUSED)
 @pytest.mark.parametrize("n_patches", [1, 17, 4096])
-def test_output_shapes(kind, n_patches):
-    model = _tiny_fused(kind, n_outputs=3).eval()
+def test_output_shapes(name, n_patches):
+    model = _tiny_registered(name).eval()
     batch = {"features": torch.randn(2, n_patches, 8), "rna": torch.randn(2, 24)}
     assert model.forward_features(batch).shape == (2, model.embed_dim)
     assert model(batch).shape == (2, 3)
     assert model.predict(batch, "subtype").shape == (2, 3)
 
 
-@pytest.mark.parametrize("kind", ["cat", "kp"])
-@pytest.mark.parametrize("wsi_model", ["abmil", "meanpool"])
-def test_padding_and_mask_invariance(kind, wsi_model):
+@pytest.mark.parametrize("name", [*FUSED, "meanpool_cat", "meanpool_kp"])
+def test_padding_and_mask_invariance(name):
     torch.manual_seed(0)
-    wsi = ABMIL(feature_dim=8, n_outputs=2) if wsi_model == "abmil" else MeanPoolWSI(8, 12)
-    model = _tiny_fused(kind, wsi=wsi).eval()
+    if name.startswith("meanpool"):
+        model = _tiny_fused(name.split("_")[1], wsi=MeanPoolWSI(8, 12)).eval()
+    else:
+        model = _tiny_registered(name).eval()
     short, long = torch.randn(5, 8), torch.randn(11, 8)
     rna = torch.randn(2, 24)
     padded = torch.full((2, 11, 8), 40.0)  # loud padding: a leak would move the output
