@@ -198,6 +198,19 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    from bench.runner import embed_cohort
+
+    result = embed_cohort(args.model, cohort_dir=args.cohort, profile=args.profile, weights=args.weights,
+                          seed=args.seed, sites=_csv_list(args.sites) if args.sites else None)
+    if args.json:
+        _emit(result)
+    else:
+        print(f"cached {sum(result['patients'].values())} {result['model']} embeddings "
+              f"({result['embed_dim']}-d) in {result['cache']}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- drift, perf
 def cmd_drift(args: argparse.Namespace) -> int:
     from bench import drift
@@ -289,6 +302,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb", default="offline", choices=["online", "offline", "disabled"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("embed", help="cache a frozen slide encoder's patient embeddings (for the LP rows)")
+    p.add_argument("--model", required=True, help="gigapath or titan (or their *_lp names)")
+    p.add_argument("--cohort")
+    p.add_argument("--profile", default="small", choices=["tiny", "small", "paper"])
+    p.add_argument("--weights", help="local checkpoint (default: random initialisation)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed when no weights are given")
+    p.add_argument("--sites")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("grid", help="run the missing runs of a table's grid")
     p.add_argument("table")

@@ -143,11 +143,10 @@ def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
         outcome = train_supervised(model, data, profile, run_dir=run_dir, loggers=loggers, progress=req.progress)
         metrics = {**outcome.metrics, "best_epoch": outcome.best_epoch}
     else:
-        from bench.train.probe import run_linear_probe
+        from bench.train.probe import embedding_cache_path, run_linear_probe
 
-        key = {"model": entry.name, "profile": profile.name, "cohort": cohort.fingerprint, "site": site,
-               "seed": req.seed, "weights": weights}
-        metrics = run_linear_probe(model, data, cohort.root, key)
+        metrics = run_linear_probe(model, data, embedding_cache_path(cohort.root, probe_key(entry.name, profile.name,
+                                                                                             cohort, req.seed, weights)))
     seconds = time.perf_counter() - started
     for logger in loggers:
         logger.log_metrics(metrics)
@@ -160,6 +159,12 @@ def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
     with ResultStore(_store(req)) as store:
         store.write([row])
     return _report(row, status="ran")
+
+
+def probe_key(model: str, profile: str, cohort: Cohort, seed: int, weights: str | None) -> dict[str, Any]:
+    """What a frozen encoder's embeddings depend on (the seed matters only for random initialisation)."""
+    return {"model": model, "profile": profile, "cohort": cohort.fingerprint, "weights": weights,
+            "seed": None if weights else seed}
 
 
 def weights_option(path: str | Path | None) -> str | None:
@@ -188,3 +193,37 @@ def _report(row: ResultRow, status: str) -> dict[str, Any]:
         "seed": row.seed, "profile": row.profile, "metrics": row.metrics, "n_train": row.n_train,
         "n_val": row.n_val, "n_test": row.n_test, "n_excluded": row.n_excluded, "seconds": round(row.seconds, 3),
     }
+
+
+def embed_cohort(model: str, *, cohort_dir: str | Path | None, profile: str, weights: str | Path | None = None,
+                 seed: int = 0, sites: list[str] | None = None) -> dict[str, Any]:
+    """Compute and cache a frozen encoder's embeddings of every patient with WSI (``python -m bench embed``).
+
+    ``model`` is an encoder family (``gigapath``, ``titan``) or its ``*_lp`` registry name; the linear
+    probes of that configuration then read the cache instead of running the encoder again.
+    """
+    import lightning as L
+
+    from bench.data.dataset import prepare_site
+    from bench.train.probe import cached_embeddings, embedding_cache_path
+
+    name = model.lower() if model.lower().endswith("_lp") else f"{model.lower()}_lp"
+    entry = get_model(name)
+    if entry.regime != "linear_probe":
+        raise BenchError(f"model {entry.name} is not a frozen encoder (regime {entry.regime}); embed takes gigapath or titan")
+    prof = get_profile(profile)
+    cohort = ensure_cohort(cohort_dir, prof.scale)
+    if prof.threads:
+        torch.set_num_threads(prof.threads)
+    tag = weights_option(weights)
+    path = embedding_cache_path(cohort.root, probe_key(entry.name, prof.name, cohort, seed, tag))
+    L.seed_everything(seed, workers=True, verbose=False)
+    encoder = entry.build(model_context(cohort, 4, prof.name, weights=weights))
+    counts = {}
+    for site in sites or cohort.sites:
+        site = cohort.resolve_site(site)
+        data = prepare_site(cohort, site, "survival", entry.modalities, entry.name)
+        x = cached_embeddings(encoder, data.splits, path)
+        counts[site] = sum(len(v) for v in x.values())
+    return {"model": entry.name, "profile": prof.name, "cohort": str(cohort.root), "cache": str(path),
+            "patients": counts, "embed_dim": int(encoder.embed_dim)}

@@ -33,7 +33,7 @@ COX_PENALIZER = 0.1
 
 
 @torch.no_grad()
-def embed(model: BenchModel, dataset: PatientDataset, device: torch.device | str = "cpu") -> np.ndarray:
+def embed(model: BenchModel, dataset: torch.utils.data.Dataset, device: torch.device | str = "cpu") -> np.ndarray:
     """``float32 [len(dataset), E]`` patient embeddings (eval mode, whole bags, one patient at a time)."""
     model.eval().to(device)
     loader = DataLoader(dataset, batch_size=1, collate_fn=collate)
@@ -44,24 +44,33 @@ def embed(model: BenchModel, dataset: PatientDataset, device: torch.device | str
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
-def cached_embeddings(model: BenchModel, data: SiteData, cohort_root: Path, key: dict) -> dict[str, np.ndarray]:
-    """Embeddings of every split of ``data``, read from / written to the cohort's cache under ``key``."""
+def embedding_cache_path(cohort_root: Path, key: dict) -> Path:
+    """Cache file of one encoder configuration's patient embeddings (``key``: model, profile, cohort, weights, seed)."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir(cohort_root) / f"embeddings-{key.get('model', 'model')}-{digest}.npz"
-    cases = {s: data.splits[s].case_ids for s in data.splits}
-    if path.is_file():
-        stored = np.load(path, allow_pickle=False)
-        stored_cases = {s: list(stored[f"{s}_cases"]) for s in cases}
-        if stored_cases == cases:
-            return {s: stored[s] for s in cases}
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    arrays = {s: embed(model, data.splits[s], device) for s in cases}
+    return cache_dir(cohort_root) / f"embeddings-{key.get('model', 'model')}-{digest}.npz"
+
+
+def cached_embeddings(model: BenchModel, datasets: dict[str, PatientDataset], path: Path) -> dict[str, np.ndarray]:
+    """Embeddings ``[n, E]`` of each dataset's patients, read from the cache at ``path``; patients not yet
+    cached are embedded and added (atomically), so every patient costs one forward pass per encoder."""
     from bench.data.format import atomic_path
 
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays, **{f"{s}_cases": np.array(c) for s, c in cases.items()})
-    return arrays
+    cached: dict[str, np.ndarray] = {}
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as stored:
+            cached = dict(zip(stored["case_ids"].tolist(), stored["embeddings"]))
+    missing = {s: [i for i, c in enumerate(ds.case_ids) if c not in cached] for s, ds in datasets.items()}
+    if any(missing.values()):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        for split, rows in missing.items():
+            if rows:
+                x = embed(model, torch.utils.data.Subset(datasets[split], rows), device)
+                cached.update({datasets[split].case_ids[i]: e for i, e in zip(rows, x)})
+        cases = sorted(cached)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, case_ids=np.array(cases), embeddings=np.stack([cached[c] for c in cases]))
+    return {s: np.stack([cached[c] for c in ds.case_ids]) for s, ds in datasets.items()}
 
 
 def probe_subtype(x: dict[str, np.ndarray], data: SiteData) -> dict[str, float]:
@@ -109,9 +118,9 @@ def probe_survival(x: dict[str, np.ndarray], data: SiteData) -> dict[str, float]
     return out
 
 
-def run_linear_probe(model: BenchModel, data: SiteData, cohort_root: Path, key: dict) -> dict[str, float]:
+def run_linear_probe(model: BenchModel, data: SiteData, cache_path: Path) -> dict[str, float]:
     """Embed (cached) and probe for ``data.task``; returns val_/test_ metrics."""
     for p in model.parameters():
         p.requires_grad_(False)
-    x = cached_embeddings(model, data, cohort_root, key)
+    x = cached_embeddings(model, data.splits, cache_path)
     return probe_subtype(x, data) if data.task == "subtype" else probe_survival(x, data)
