@@ -59,21 +59,19 @@ UNCOVERED_LSE = -1e8
 # The extended q/k/v channel width (head dim + 2 bookkeeping channels) is rounded up to this
 # multiple, the alignment the fused CUDA kernels want (the CPU kernel runs at full speed with it).
 _HEAD_ALIGN = 8
-
-
-def _sink_value(dtype: torch.dtype) -> float:
-    """Value carried by the sink key: 2**14 in float16 to keep tiny sink masses out of underflow."""
-    return 2.0**14 if dtype == torch.float16 else 1.0
+# Re-runs of a branch's attention allowed to bring extremely peaked rows' sink mass into range.
+_MAX_SINK_RAISES = 16
 
 
 def _extended_rows(x: torch.Tensor, role: str) -> torch.Tensor:
     """Rows ``x [B, R, d]`` -> ``[B, R + 2, W]`` with the bookkeeping of :func:`_sink_attention`.
 
     Row ``R`` is an all-zero *padding* row (the reference's zero padding), row ``R + 1`` the *sink*
-    row; ``W = d + 2`` rounded up to a multiple of 8.  Channel ``d`` holds, for keys, 1 on the sink
-    row (so a query's channel ``d`` becomes the sink's logit); for values, the sink value on the sink
-    row.  Channel ``d + 1`` of the values is 1 on every non-sink row (real and padding keys alike
-    count in the softmax normaliser).  Queries get zeros (channel ``d`` is filled per segment).
+    row; ``W = d + 2`` rounded up to a multiple of 8.  Channel ``d`` is 1 on the sink row, for keys
+    (so a query's channel ``d`` becomes the sink's logit) and for values (so the output's channel
+    ``d`` is the sink's softmax mass).  Channel ``d + 1`` of the values is 1 on every non-sink row
+    (real and padding keys alike count in the softmax normaliser).  Queries get zeros (channel
+    ``d`` is filled per segment).
     """
     dim = x.shape[-1]
     width = -(-(dim + 2) // _HEAD_ALIGN) * _HEAD_ALIGN
@@ -82,7 +80,7 @@ def _extended_rows(x: torch.Tensor, role: str) -> torch.Tensor:
         rows[:, -1, dim] = 1.0
     elif role == "v":
         rows[:, :-1, dim + 1] = 1.0
-        rows[:, -1, dim] = _sink_value(x.dtype)
+        rows[:, -1, dim] = 1.0
     return rows
 
 
@@ -96,18 +94,32 @@ def _sink_attention(
     """
     scale = dim**-0.5
     n_keys = k_ext.shape[2] - 1
+    # The fused kernels round the (max-subtracted) probabilities to the input dtype before the
+    # value product, so the sink mass S is exact only while it is a normal number of that dtype.
+    # A row below that has lse - c > log(1 / tiny): its c may be raised by that much (minus a
+    # margin) and the call repeated with still c <= lse.  Only very peaked rows need this
+    # (lse - c beyond ~9.7 in float16, ~87 in bfloat16 / float32).
+    floor = torch.finfo(q_ext.dtype).tiny
+    raise_by = -math.log(floor) - 1.0
     with torch.no_grad():
         key_mean = k_ext[:, :, :n_keys, :dim].float().mean(dim=2, keepdim=True)  # [b, H, 1, d]
         bound = (q_ext[..., :dim].float() @ key_mean.transpose(-1, -2)).squeeze(-1) * scale + math.log(n_keys)
-        sink_channel = (bound / scale).to(q_ext.dtype)
-        shift = sink_channel.float() * scale  # the sink logit the kernel sees, after rounding
-    q_ext[..., dim] = sink_channel
-    out_ext = F.scaled_dot_product_attention(q_ext, k_ext, v_ext, scale=scale)
+    for _ in range(_MAX_SINK_RAISES + 1):
+        with torch.no_grad():
+            sink_channel = (bound / scale).to(q_ext.dtype)
+            q_ext[..., dim] = sink_channel
+        out_ext = F.scaled_dot_product_attention(q_ext, k_ext, v_ext, scale=scale)
+        with torch.no_grad():
+            too_small = out_ext[..., dim] < floor
+            if not bool(too_small.any()):
+                break
+            bound = torch.where(too_small, bound + raise_by, bound)
     mass_real = out_ext[..., dim + 1]
     out = out_ext[..., :dim] / mass_real.unsqueeze(-1)
     with torch.no_grad():
+        shift = sink_channel.float() * scale  # the sink logit the kernel saw, after rounding
         tiny = torch.finfo(torch.float32).tiny
-        mass_sink = out_ext[..., dim].float() / _sink_value(q_ext.dtype)
+        mass_sink = out_ext[..., dim].float()
         lse = shift + torch.log(mass_real.float().clamp_min(tiny)) - torch.log(mass_sink.clamp_min(tiny))
     return out, lse
 
@@ -127,10 +139,12 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tup
         out = out_ext[..., :d] / A          lse = c + log(A) - log(S).
 
     ``c`` is Jensen's lower bound ``c_i = q_i . mean_j(k_j) / sqrt(d) + log(m) <= lse_i``, so
-    ``A >= 1/2`` (the division loses nothing) and ``S = sigmoid(c - lse)`` stays representable
-    unless the attention is extremely peaked (``lse - c`` beyond ~87 in float32/bfloat16, ~19 in
-    float16, where the sink value is scaled up by 2**14 to widen the range).  ``c`` cancels from
-    ``out`` identically, so gradients are those of plain attention.
+    ``A >= 1/2`` (the division loses nothing).  ``S = sigmoid(c - lse)`` is exact unless a row is
+    very peaked (``lse - c`` beyond ~87 in float32/bfloat16, ~9.7 in float16, where ``S`` leaves
+    the normal range of the kernel's probabilities); such rows are detected, their ``c`` is raised
+    by the amount that proves safe, and the call is repeated, which leaves every other row
+    unchanged.  ``c`` cancels from ``out`` identically, so
+    gradients are those of plain attention.
     """
     b, h, m, d = q.shape
     keys = torch.cat([torch.arange(m, device=q.device), torch.tensor([m + 1], device=q.device)])
