@@ -87,7 +87,7 @@ def _extended_rows(x: torch.Tensor, role: str) -> torch.Tensor:
 def _sink_attention(
     q_ext: torch.Tensor, k_ext: torch.Tensor, v_ext: torch.Tensor, dim: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention plus log-sum-exp from one SDPA call, on extended tensors (see :func:`attention_with_lse`).
+    """Attention plus log-sum-exp via the sink key, on extended tensors (see :func:`attention_with_lse`).
 
     ``q_ext [b, H, m, W]`` (channel ``dim`` is overwritten here), ``k_ext, v_ext [b, H, n + 1, W]``
     whose last key is the sink -> ``out [b, H, m, dim]``, ``lse [b, H, m]`` (float32, no gradient).
@@ -125,7 +125,7 @@ def _sink_attention(
 
 
 def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax attention and its log-sum-exp from a single ``scaled_dot_product_attention`` call.
+    """Softmax attention and its log-sum-exp from ``scaled_dot_product_attention`` (usually one call).
 
     ``q, k, v [b, H, m, d]`` -> ``out [b, H, m, d]`` (dtype of ``q``) and
     ``lse [b, H, m]`` (float32, no gradient) with ``lse_i = log sum_j exp(q_i . k_j / sqrt(d))``.
@@ -143,8 +143,7 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tup
     very peaked (``lse - c`` beyond ~87 in float32/bfloat16, ~9.7 in float16, where ``S`` leaves
     the normal range of the kernel's probabilities); such rows are detected, their ``c`` is raised
     by the amount that proves safe, and the call is repeated, which leaves every other row
-    unchanged.  ``c`` cancels from ``out`` identically, so
-    gradients are those of plain attention.
+    unchanged.  ``c`` cancels from ``out`` identically, so gradients are those of plain attention.
     """
     b, h, m, d = q.shape
     keys = torch.cat([torch.arange(m, device=q.device), torch.tensor([m + 1], device=q.device)])
