@@ -180,7 +180,8 @@ class ByteLevelBPETokenizer:
     def __init__(self, spec: Mapping[str, Any], pad_token: str = "<pad>"):
         model = spec.get("model") or {}
         if model.get("type") != "BPE" or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
-            raise ValueError("only plain byte-level BPE tokenizers are supported (model.type 'BPE', no subword affixes)")
+            raise ValueError("only plain byte-level BPE tokenizers are supported "
+                             "(model.type 'BPE', no subword affixes)")
         pre = spec.get("pre_tokenizer") or {}
         if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
             raise ValueError(f"only the ByteLevel pre-tokenizer with use_regex is supported, got {pre.get('type')!r}")
@@ -317,7 +318,10 @@ class ConchTextConfig:
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, torch.Tensor], heads: int | None = None) -> ConchTextConfig:
-        """Sizes read off a text-tower state dict; ``heads`` (not stored in weights) defaults to width / 64, CONCH's head size."""
+        """Sizes read off a text-tower state dict.
+
+        ``heads`` is not stored in the weights; it defaults to width / 64 (CONCH's head size).
+        """
         try:
             vocab_size, width = state["token_embedding.weight"].shape
             layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("transformer.resblocks."))
@@ -471,7 +475,8 @@ def load_conch_text_tower(path: str | Path, heads: int | None = None) -> ConchTe
     expected = set(tower.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
-        raise ValueError(f"{path}: CONCH text-tower keys do not match (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(f"{path}: CONCH text-tower keys do not match "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     tower.load_state_dict(state, strict=True, assign=True)
     return tower.float().eval()
 
@@ -501,8 +506,11 @@ class ConchEncoder(TextEncoder):
     def __init__(self, weights: str | Path, tokenizer: str | Path | None = None, *, heads: int | None = None,
                  device: str | torch.device = "cpu", batch_size: int = 32):
         self.tower = load_conch_text_tower(weights, heads=heads).to(device)
-        self.tokenizer = ByteLevelBPETokenizer.from_file(tokenizer if tokenizer is not None else find_conch_tokenizer(weights))
+        tokenizer = tokenizer if tokenizer is not None else find_conch_tokenizer(weights)
+        self.tokenizer = ByteLevelBPETokenizer.from_file(tokenizer)
         if self.tokenizer.pad_id != self.tower.cfg.pad_id:
+            log.warning("tokenizer pads with id %d, not CONCH's %d; the [CLS] mask follows the tokenizer",
+                        self.tokenizer.pad_id, self.tower.cfg.pad_id)
             self.tower.cfg = replace(self.tower.cfg, pad_id=self.tokenizer.pad_id)
         self.device = torch.device(device)
         self.batch_size = batch_size
