@@ -61,7 +61,7 @@ class TextEncoder(ABC):
     def _embed(self, texts: Sequence[str]) -> torch.Tensor:
         """Unnormalised embeddings ``[len(texts), dim]`` of one batch."""
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """L2-normalised embeddings ``float32 [n, dim]``, computed ``batch_size`` texts at a time."""
         texts = list(texts)
@@ -174,7 +174,9 @@ class ByteLevelBPETokenizer:
     ``add_prefix_space`` is set, the text is split with the GPT-2 pattern, each piece's UTF-8 bytes
     are mapped to printable characters and merged by BPE rank; the ``TemplateProcessing``
     post-processor then wraps the ids (CONCH: ``<start_of_text> ... <end_of_text>``). Supports
-    exactly the components CONCH's file uses and rejects others with the component's name.
+    exactly the components CONCH's file uses and rejects others with the component's name. Without
+    an unknown token (CONCH has none) a symbol missing from the vocabulary is dropped, as in
+    ``tokenizers``; byte-level vocabularies hold all 256 byte symbols, so none is.
     """
 
     def __init__(self, spec: Mapping[str, Any], pad_token: str = "<pad>"):
@@ -542,8 +544,11 @@ class HFEncoder(TextEncoder):
     """A local ``transformers`` model: last hidden state mean-pooled over real tokens, L2-normalised.
 
     The paper's MedLlama ablation (Table 8, Supplement Sec. 11.4) mean-pools Llama-3-8B-UltraMedical's
-    hidden states into one 4096-d vector. Loads with ``local_files_only`` (never downloads) in the
-    checkpoint's dtype; a tokenizer without a pad token pads with its end-of-sequence token.
+    hidden states into one 4096-d vector. The paper does not say whether it normalised them; they
+    are L2-normalised here so every cached encoder shares one convention (ModalTune's Projector
+    follows with a LayerNorm, so only direction matters downstream). Loads with ``local_files_only``
+    (never downloads) in the checkpoint's dtype; a tokenizer without a pad token pads with its
+    end-of-sequence token.
     """
 
     def __init__(self, model_dir: str | Path, *, device: str | torch.device = "cpu", batch_size: int = 8,
@@ -555,7 +560,10 @@ class HFEncoder(TextEncoder):
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = transformers.AutoModel.from_pretrained(model_dir, local_files_only=True, torch_dtype="auto")
+        # the checkpoint's own dtype (an 8B model in float32 would need 32 GB); transformers >= 4.56 names it dtype
+        version = tuple(int(p) for p in re.findall(r"\d+", transformers.__version__)[:2])
+        dtype_arg = "dtype" if version >= (4, 56) else "torch_dtype"
+        self.model = transformers.AutoModel.from_pretrained(model_dir, local_files_only=True, **{dtype_arg: "auto"})
         self.device = torch.device(device)
         self.model.to(self.device).eval()
         self.batch_size = batch_size
