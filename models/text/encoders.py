@@ -545,10 +545,9 @@ class HFEncoder(TextEncoder):
 
     The paper's MedLlama ablation (Table 8, Supplement Sec. 11.4) mean-pools Llama-3-8B-UltraMedical's
     hidden states into one 4096-d vector. The paper does not say whether it normalised them; they
-    are L2-normalised here so every cached encoder shares one convention (ModalTune's Projector
-    follows with a LayerNorm, so only direction matters downstream). Loads with ``local_files_only``
-    (never downloads) in the checkpoint's dtype; a tokenizer without a pad token pads with its
-    end-of-sequence token.
+    are L2-normalised here so every cached encoder shares CONCH's convention. Loads with
+    ``local_files_only`` (never downloads) in the checkpoint's dtype; a tokenizer without a pad
+    token pads with its end-of-sequence token.
     """
 
     def __init__(self, model_dir: str | Path, *, device: str | torch.device = "cpu", batch_size: int = 8,
