@@ -191,16 +191,17 @@ def test_checkpoint_round_trip_preserves_outputs(tmp_path):
 # --- positions -----------------------------------------------------------------------------------
 
 
+def reference_sincos_1d(values: np.ndarray, width: int) -> np.ndarray:
+    """``get_1d_sincos_pos_embed_from_grid``: float64 ``[sin(p w), cos(p w)]``, ``w_t = 1/10000^(2t/width)``."""
+    omega = 1.0 / 10000 ** (np.arange(width // 2, dtype=float) / (width / 2.0))
+    angle = np.einsum("m,d->md", values.reshape(-1), omega)
+    return np.concatenate([np.sin(angle), np.cos(angle)], axis=1)
+
+
 def reference_table(dim: int, grid: int) -> np.ndarray:
     """The reference's full table: meshgrid (w first), half the width per axis, zero CLS row first."""
     gw, gh = np.meshgrid(np.arange(grid, dtype=np.float32), np.arange(grid, dtype=np.float32))
-
-    def one_axis(values, width):
-        omega = 1.0 / 10000 ** (np.arange(width // 2, dtype=float) / (width / 2.0))
-        angle = np.einsum("m,d->md", values.reshape(-1), omega)
-        return np.concatenate([np.sin(angle), np.cos(angle)], axis=1)
-
-    table = np.concatenate([one_axis(gw, dim // 2), one_axis(gh, dim // 2)], axis=1)
+    table = np.concatenate([reference_sincos_1d(gw, dim // 2), reference_sincos_1d(gh, dim // 2)], axis=1)
     return np.concatenate([np.zeros([1, dim]), table], axis=0).astype(np.float32)
 
 
@@ -228,6 +229,21 @@ def test_positions_equal_reference_table_rows_on_the_paper_grid():
     coords[0, 2] = torch.tensor([3 * 256.0, 1000 * 256.0])  # y past the grid aliases into row x + 1
     ours = sincos_position_embedding(coords, 4, tile_size=256, grid=grid)
     assert torch.equal(ours, table[reference_index(coords, grid)])
+
+
+def test_positions_equal_reference_rows_at_full_width_on_the_paper_grid():
+    # only the rows the tiles need: numpy's own meshgrid convention locates each table row's cell
+    grid, dim = 1000, 768
+    gen = torch.Generator().manual_seed(4)
+    coords = torch.randint(0, grid * 256, (1, 300, 2), generator=gen).float()
+    rows = reference_index(coords, grid)[0].numpy() - 1  # table row minus the CLS row
+    h_idx, w_idx = np.unravel_index(rows, (grid, grid))  # meshgrid(w, h): w varies along axis 1
+    grid_w = np.arange(grid, dtype=np.float32)[w_idx]
+    grid_h = np.arange(grid, dtype=np.float32)[h_idx]
+    halves = [reference_sincos_1d(grid_w, dim // 2), reference_sincos_1d(grid_h, dim // 2)]
+    expected = np.concatenate(halves, axis=1).astype(np.float32)
+    ours = sincos_position_embedding(coords, dim, tile_size=256, grid=grid)[0]
+    assert torch.equal(ours, torch.from_numpy(expected))
 
 
 def test_positions_outside_the_grid_are_rejected_unless_masked():
