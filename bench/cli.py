@@ -211,6 +211,30 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_text_prompts(args: argparse.Namespace) -> int:
+    from bench.text_cache import case_prompts
+
+    prompts = case_prompts(args.cohort, args.case)
+    if args.json:
+        _emit(prompts)
+    else:
+        for task, text in prompts.items():
+            print(f"{task}: {text}")
+    return 0
+
+
+def cmd_text_embed(args: argparse.Namespace) -> int:
+    from bench.text_cache import write_text_cache
+
+    path = write_text_cache(args.cohort, args.encoder, weights=args.text_weights, tokenizer=args.text_tokenizer,
+                            seed=args.seed)
+    if args.json:
+        _emit({"cohort": args.cohort, "encoder": args.encoder, "cache": str(path)})
+    else:
+        print(f"wrote {path}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- drift, perf
 def cmd_drift(args: argparse.Namespace) -> int:
     from bench import drift
@@ -281,6 +305,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cohort")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_data_validate)
+
+    text = sub.add_parser("text", help="ModalTune's text prompts and cached text embeddings")
+    tsub = text.add_subparsers(dest="text_command", required=True)
+    p = tsub.add_parser("prompts", help="the four prompts (general, diagnosis, stage, survival) of one patient")
+    p.add_argument("--cohort", required=True)
+    p.add_argument("--case", required=True, help="TCGA barcode (patients.csv case_id)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_text_prompts)
+    p = tsub.add_parser("embed", help="embed every patient's prompts and cache them in text/<encoder>.pt")
+    p.add_argument("--cohort", required=True)
+    p.add_argument("--encoder", default="bow", help="bow (offline default), conch, or hf:DIR")
+    p.add_argument("--text-weights", help="conch: local checkpoint of CONCH")
+    p.add_argument("--text-tokenizer", help="conch: tokenizer.json (default: next to the weights)")
+    p.add_argument("--seed", type=int, default=0, help="bow: seed of the Gaussian projection")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_text_embed)
 
     p = sub.add_parser("models", help="list registered models with parameter counts")
     p.add_argument("--json", action="store_true")
