@@ -1,0 +1,127 @@
+"""ModalTune (ICCV 2025): Modal Adapters, Gene Mixer tokens and task prompts on a frozen slide encoder.
+
+Registry entries (all ``text_distill``, modalities ``wsi`` + ``rna``, task ``multitask``):
+
+``modaltune``
+    "ModalTune (Ours)": frozen Prov-GigaPath, trained per cancer site.
+``modaltune_pancancer``
+    "ModalTune Pan-Cancer (Ours)": the same model. The release's ``train_modaltune_pancancer.py``
+    reuses ``train_modaltune.py``'s trainer and model unchanged (no site-aware prompts); only the
+    data (all sites pooled) and the probes (one logistic regression / Cox model per site, plus a
+    site classifier) differ, which is the harness's business.
+``modaltune_titan``
+    "ModalTune TITAN" (Table 9): frozen TITAN, token aggregation "cat", stochastic depth 0.2.
+
+Builders follow the other slide-encoder rows: ``ctx.extra["weights"]`` (the CLI's ``--weights``) is
+a local checkpoint of the frozen encoder, loaded strictly; without one the encoder is randomly
+initialised. ``ctx.extra["checkpoint_encoder"]`` switches activation checkpointing of the encoder
+layers. ``paper`` builds the release configuration; ``small`` / ``tiny`` use the profile's narrow
+encoder (``GigaPathConfig`` / ``TitanConfig.for_profile``) and narrow Gene Mixer
+(``GeneMixerConfig.for_profile``, output width = encoder width) with the same classes; see
+:meth:`ModalTuneConfig.for_encoder` for the interaction-index mapping of the shallow encoders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from models.base import ModelContext
+from models.genemixer import GeneMixer, GeneMixerConfig
+from models.gigapath import GigaPathConfig, GigaPathSlideEncoder, load_gigapath_weights
+from models.modaltune.adapter import InteractionBlock, interaction_groups
+from models.modaltune.backbones import GigaPathBackbone, SlideBackbone, TitanBackbone
+from models.modaltune.model import MODALTUNE_TASKS, PAPER_CONFIGS, ModalTune, ModalTuneConfig
+from models.paper_omics import PAPER_N_GENES, paper_pathways
+from models.registry import register_model
+from models.titan import TitanConfig, TitanSlideEncoder, load_titan_weights
+
+__all__ = [
+    "ENCODERS",
+    "MODALTUNE_TASKS",
+    "PAPER_CONFIGS",
+    "InteractionBlock",
+    "ModalTune",
+    "ModalTuneConfig",
+    "build_backbone",
+    "build_modaltune",
+    "interaction_groups",
+    "modaltune_gene_pathways",
+]
+
+ENCODERS = ("gigapath", "titan")
+
+
+def modaltune_gene_pathways() -> torch.Tensor:
+    """The paper's pathway membership ``bool [4987, 331]`` (ModalTune's gene_pathway_processed_v2.csv)."""
+    return paper_pathways(PAPER_N_GENES)
+
+
+_PAPER_GENES = {"n_genes": PAPER_N_GENES, "pathways": modaltune_gene_pathways}
+#: Prov-GigaPath tile features are 1536-d; TITAN reads 768-d CONCH v1.5 features.
+GIGAPATH_PAPER_CONTEXT = {"feature_dim": 1536, **_PAPER_GENES}
+TITAN_PAPER_CONTEXT = {"feature_dim": 768, **_PAPER_GENES}
+
+
+def build_backbone(encoder: str, ctx: ModelContext) -> SlideBackbone:
+    """The frozen slide encoder of ``ctx`` (its profile's configuration, ``ctx.feature_dim`` inputs),
+    with ``ctx.extra["weights"]`` loaded when given."""
+    weights = ctx.extra.get("weights")
+    if encoder == "gigapath":
+        gigapath = GigaPathSlideEncoder(GigaPathConfig.for_profile(ctx.profile, feature_dim=ctx.feature_dim))
+        if weights:
+            load_gigapath_weights(gigapath, weights)
+        return GigaPathBackbone(gigapath)
+    if encoder == "titan":
+        titan = TitanSlideEncoder(replace(TitanConfig.for_profile(ctx.profile), feature_dim=ctx.feature_dim))
+        if weights:
+            load_titan_weights(titan, weights)
+        return TitanBackbone(titan)
+    raise ValueError(f"unknown encoder {encoder!r}; expected one of {ENCODERS}")
+
+
+def build_modaltune(ctx: ModelContext, encoder: str = "gigapath", **overrides: object) -> ModalTune:
+    """ModalTune on ``encoder`` for ``ctx``; ``overrides`` replace :class:`ModalTuneConfig` fields
+    (ablations: e.g. ``tasks=("general",)``, ``output_dim=512``)."""
+    if ctx.pathways is None:
+        raise ValueError("ModalTune tokenises RNA by pathway but the context has no pathways")
+    backbone = build_backbone(encoder, ctx)
+    overrides.setdefault("checkpoint_encoder", bool(ctx.extra.get("checkpoint_encoder", False)))
+    config = ModalTuneConfig.for_encoder(encoder, ctx.profile, **overrides)
+    mixer_config = replace(GeneMixerConfig.for_profile(ctx.profile), out_dim=backbone.embed_dim, pool_norm=False)
+    return ModalTune(backbone, _gene_mixer(ctx.pathways, mixer_config), config, ctx.n_outputs)
+
+
+def _gene_mixer(pathways: torch.Tensor, config: GeneMixerConfig) -> GeneMixer:
+    """The Gene Mixer over ``pathways``. Its pathway index needs ``nonzero`` on real data, which the
+    meta device cannot run, so under a ``torch.device("meta")`` context it is built on the CPU and
+    then moved to meta (parameter counts at the paper configuration stay cheap)."""
+    if torch.get_default_device().type != "meta":
+        return GeneMixer(pathways, config)
+    with torch.device("cpu"):
+        mixer = GeneMixer(pathways.cpu(), config)
+    return mixer.to("meta")
+
+
+_REGISTRATION = {"modalities": ("wsi", "rna"), "tasks": ("multitask",), "regime": "text_distill"}
+
+
+@register_model("modaltune", label="ModalTune (Ours)", paper_context=GIGAPATH_PAPER_CONTEXT, **_REGISTRATION)
+def modaltune(ctx: ModelContext) -> ModalTune:
+    """ModalTune: frozen Prov-GigaPath + Modal Adapters, Gene Mixer tokens and 3 task prompts (33,524,890 trainable)."""
+    return build_modaltune(ctx, "gigapath")
+
+
+@register_model(
+    "modaltune_pancancer", label="ModalTune Pan-Cancer (Ours)", paper_context=GIGAPATH_PAPER_CONTEXT, **_REGISTRATION
+)
+def modaltune_pancancer(ctx: ModelContext) -> ModalTune:
+    """ModalTune Pan-Cancer: the ModalTune model trained on all sites pooled (per-site probes)."""
+    return build_modaltune(ctx, "gigapath")
+
+
+@register_model("modaltune_titan", label="ModalTune TITAN", paper_context=TITAN_PAPER_CONTEXT, **_REGISTRATION)
+def modaltune_titan(ctx: ModelContext) -> ModalTune:
+    """ModalTune TITAN: frozen TITAN + Modal Adapters, "cat" token aggregation (33,921,178 trainable)."""
+    return build_modaltune(ctx, "titan")
