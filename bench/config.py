@@ -21,6 +21,22 @@ from pydantic import BaseModel, ConfigDict, Field
 PROFILE_NAMES = ("tiny", "small", "paper")
 
 
+class DistillSettings(BaseModel):
+    """The ``text_distill`` regime's optimisation (ModalTune, Table 6: AdamW, max lr 1e-4, weight decay
+    5e-4, linear warm-up from lr/20 over 10 epochs then cosine annealing, 30 epochs, batch size 1)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epochs: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_epochs: int = Field(ge=0)
+    warmup_factor: float = Field(default=20.0, ge=1)
+    batch_size: int = Field(gt=0)
+    text_encoder: str = "bow"
+
+
+
 class Profile(BaseModel):
     """Training-time settings shared by every supervised run of a profile."""
 
@@ -38,15 +54,19 @@ class Profile(BaseModel):
     max_patches_train: int | None = Field(default=None, gt=0, description="bag sampling during training")
     threads: int | None = Field(default=None, gt=0, description="torch threads per run (None = library default)")
     grid_jobs: int = Field(default=1, gt=0, description="default parallel runs of `bench grid`")
+    distill: DistillSettings
 
 
 PROFILES: dict[str, Profile] = {
     "tiny": Profile(name="tiny", scale="tiny", narrowed=True, epochs=10, batch_size=4, lr=1e-3, weight_decay=1e-5,
-                    warmup_epochs=0, alpha_surv=0.5, max_patches_train=64, threads=1, grid_jobs=2),
+                    warmup_epochs=0, alpha_surv=0.5, max_patches_train=64, threads=1, grid_jobs=2,
+                    distill=DistillSettings(epochs=4, lr=1e-3, weight_decay=5e-4, warmup_epochs=1, batch_size=4)),
     "small": Profile(name="small", scale="small", narrowed=True, epochs=8, batch_size=16, lr=5e-4, weight_decay=1e-5,
-                     warmup_epochs=0, alpha_surv=0.5, max_patches_train=128, threads=1, grid_jobs=2),
+                     warmup_epochs=0, alpha_surv=0.5, max_patches_train=128, threads=1, grid_jobs=2,
+                     distill=DistillSettings(epochs=6, lr=5e-4, weight_decay=5e-4, warmup_epochs=2, batch_size=8)),
     "paper": Profile(name="paper", scale="paper", narrowed=False, epochs=20, batch_size=1, lr=1e-4, weight_decay=1e-5,
-                     warmup_epochs=1, alpha_surv=0.5, max_patches_train=4096, threads=None, grid_jobs=1),
+                     warmup_epochs=1, alpha_surv=0.5, max_patches_train=4096, threads=None, grid_jobs=1,
+                     distill=DistillSettings(epochs=30, lr=1e-4, weight_decay=5e-4, warmup_epochs=10, batch_size=1)),
 }
 
 

@@ -94,7 +94,7 @@ def grid_cells(grid: GridSpec, *, models: list[str] | None = None, sites: list[s
         entry = registry[name]
         run_seeds = (0,) if entry.regime == "linear_probe" else tuple(seeds if seeds is not None else grid.seeds)
         tasks = ("multitask",) if entry.tasks == ("multitask",) else tuple(t for t in grid.tasks if t in entry.tasks)
-        for site in sites or grid.sites:
+        for site in (["PANCANCER"] if entry.pancancer else (sites or grid.sites)):
             for task in tasks:
                 for seed in run_seeds:
                     cells.append(Cell(name, site, task, seed))
@@ -114,16 +114,18 @@ def run_grid(grid: GridSpec, *, profile: str, cohort_dir: str | Path | None, sto
     """Run the missing cells of ``grid``; returns counts and the failures (cell, message)."""
     from tqdm.auto import tqdm
 
-    from bench.runner import ensure_cohort, run_config
+    from bench.registry import get_model
+    from bench.runner import ensure_cohort, result_keys, run_config
 
     prof = get_profile(profile)
     cohort = ensure_cohort(cohort_dir, prof.scale)
-    sites = [cohort.resolve_site(s) for s in (sites or grid.sites)]
+    sites = [cohort.resolve_site(s) for s in (sites or [s for s in grid.sites if s in cohort.sites])]
     cells = grid_cells(grid, models=models, sites=sites, seeds=seeds)
     path = store_path(str(store) if store else None)
     with ResultStore(path) as results:
         missing = [c for c in cells
-                   if not results.has(run_config(c.model, c.site, c.task, c.seed, prof, cohort).run_id(), [c.task])]
+                   if not results.has(run_config(c.model, c.site, c.task, c.seed, prof, cohort).run_id(),
+                                      result_keys(get_model(c.model), cohort, c.site, c.task))]
     log.info("%s: %d runs, %d already stored, %d to run", grid.name, len(cells), len(cells) - len(missing), len(missing))
     base = dict(profile=prof.name, cohort=str(cohort.root), store=str(path), wandb=wandb)
     requests = [dict(base, model=c.model, site=c.site, task=c.task, seed=c.seed) for c in missing]

@@ -1,7 +1,8 @@
 """The results store: one embedded SQLite database (WAL mode, so parallel grid processes share it).
 
-A row is one (run, task) result, written in one transaction only when the run has completed; a
-multitask run (ModalTune) writes one row per task under the same run id. Nothing else is ever
+A row is one (run, site, task) result, written in one transaction only when the run has completed;
+a multitask run (ModalTune) writes one row per task, and a pan-cancer run one per site and task,
+under the same run id. Nothing else is ever
 written, so an interrupted run leaves no trace and is simply run again.
 """
 
@@ -36,7 +37,7 @@ CREATE TABLE IF NOT EXISTS results (
     n_train INTEGER, n_val INTEGER, n_test INTEGER, n_excluded INTEGER,
     seconds REAL,
     finished_at REAL NOT NULL,
-    PRIMARY KEY (run_id, task)
+    PRIMARY KEY (run_id, site, task)
 );
 CREATE INDEX IF NOT EXISTS results_lookup ON results (profile, model, site, task);
 """
@@ -98,13 +99,11 @@ class ResultStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def has(self, run_id: str, tasks: Iterable[str]) -> bool:
-        """True if every one of ``tasks`` of ``run_id`` is stored."""
-        tasks = list(tasks)
-        rows = self._conn.execute(
-            f"SELECT COUNT(*) FROM results WHERE run_id = ? AND task IN ({','.join('?' * len(tasks))})",
-            (run_id, *tasks)).fetchone()
-        return rows[0] == len(tasks)
+    def has(self, run_id: str, keys: Iterable[tuple[str, str]]) -> bool:
+        """True if every ``(site, task)`` row of ``run_id`` is stored."""
+        stored = {(site, task) for site, task in self._conn.execute(
+            "SELECT site, task FROM results WHERE run_id = ?", (run_id,)).fetchall()}
+        return set(keys) <= stored
 
     def get(self, run_id: str) -> list[ResultRow]:
         return self._select("WHERE run_id = ?", (run_id,))

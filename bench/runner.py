@@ -19,12 +19,15 @@ import torch
 from bench.config import Profile, RunConfig, get_profile
 from bench.data.cohort import Cohort
 from bench.errors import BenchError
+from bench.data.sites import IN_DOMAIN_SITES
 from bench.registry import get_model
 from bench.results import ResultRow, ResultStore
 from models.base import ModelContext
+from models.registry import ModelEntry
 
 log = logging.getLogger(__name__)
 DEFAULT_RUNS_DIR = Path("runs")
+PANCANCER = "PANCANCER"
 
 
 @dataclass
@@ -97,12 +100,30 @@ def synthetic_context(scale: str, n_outputs: int, profile: str) -> ModelContext:
                         pathways=torch.from_numpy(genes.membership.astype(bool)), families=families, profile=profile)
 
 
+def result_keys(entry: ModelEntry, cohort: Cohort, site: str, task: str) -> list[tuple[str, str]]:
+    """The ``(site, task)`` rows a run stores: one, both tasks (multitask), or every site (pan-cancer)."""
+    tasks = ("subtype", "survival") if task == "multitask" else (task,)
+    sites = training_sites(entry, cohort, site)
+    return [(s, t) for s in sites for t in tasks]
+
+
+def training_sites(entry: ModelEntry, cohort: Cohort, site: str) -> list[str]:
+    """Sites one run trains on: the in-domain sites of the cohort for a pan-cancer model, else ``site``."""
+    if not entry.pancancer:
+        return [site]
+    sites = [s for s in IN_DOMAIN_SITES if s in cohort.sites]
+    if not sites:
+        raise BenchError(f"model {entry.name} trains on the in-domain sites ({', '.join(IN_DOMAIN_SITES)}); "
+                         f"cohort {cohort.root} has none of them")
+    return sites
+
+
 def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
     """Run one experiment (or return its stored result) and return the ``run --json`` object."""
     entry = get_model(req.model)
     profile = get_profile(req.profile)
     cohort = cohort or ensure_cohort(req.cohort, profile.scale)
-    site = cohort.resolve_site(req.site)
+    site = PANCANCER if entry.pancancer else cohort.resolve_site(req.site)
     task = req.task or ("multitask" if entry.tasks == ("multitask",) else None)
     if task is None:
         raise BenchError(f"model {entry.name} supports tasks {', '.join(entry.tasks)}; choose one with --task")
@@ -111,11 +132,10 @@ def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
     weights = weights_option(req.weights)
     config = run_config(entry.name, site, task, req.seed, profile, cohort, weights)
     run_id = config.run_id()
+    keys = result_keys(entry, cohort, site, task)
     with ResultStore(_store(req)) as store:
-        if not req.force and store.has(run_id, [task]):
-            return _report(store.get(run_id)[0], status="cached")
-    if entry.regime not in ("supervised", "linear_probe"):
-        raise BenchError(f"model {entry.name}: regime {entry.regime!r} has no trainer in this version of the bench")
+        if not req.force and store.has(run_id, keys):
+            return _report(store.get(run_id), status="cached")
 
     import lightning as L
 
@@ -127,38 +147,67 @@ def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
     if profile.threads:
         torch.set_num_threads(profile.threads)
     configure_determinism()
-    data = prepare_site(cohort, site, task, entry.modalities, entry.name, profile.max_patches_train)
-    n_outputs = data.n_classes if task == "subtype" else 4
-    L.seed_everything(req.seed, workers=True, verbose=False)
-    ctx = model_context(cohort, n_outputs, profile.name, weights=req.weights)
-    model = entry.build(ctx)
     run_dir = Path(req.runs_dir) / entry.name / f"{site}-{task}-seed{req.seed}-{run_id}"
     if run_dir.exists():  # logs of an earlier attempt of this run (--force, or one killed before it stored)
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     loggers = make_loggers(run_dir, run_id, config.model_dump(mode="json"), req.wandb)
-    if entry.regime == "supervised":
-        from bench.train.supervised import train_supervised
 
-        outcome = train_supervised(model, data, profile, run_dir=run_dir, loggers=loggers, progress=req.progress)
-        metrics = {**outcome.metrics, "best_epoch": outcome.best_epoch}
+    if entry.regime == "text_distill":
+        from bench.train.distill import train_distill
+        from models.text.projector import TextProjector
+
+        text = ensure_text_cache(cohort, profile.distill.text_encoder)
+        datas = {s: prepare_site(cohort, s, "multitask", entry.modalities, entry.name, profile.max_patches_train,
+                                 text=text) for s in training_sites(entry, cohort, site)}
+        L.seed_everything(req.seed, workers=True, verbose=False)
+        model = entry.build(model_context(cohort, 4, profile.name, weights=req.weights))
+        projector = TextProjector(in_dim=text.dim, out_dim=model.embed_dim, seed=req.seed)
+        outcome = train_distill(model, projector, datas, profile.distill, run_dir=run_dir, loggers=loggers,
+                                progress=req.progress)
+        results = [(s, t, {**outcome.metrics[s][t], "best_epoch": outcome.best_epoch}, datas[s]) for s, t in keys]
     else:
-        from bench.train.probe import embedding_cache_path, run_linear_probe
+        data = prepare_site(cohort, site, task, entry.modalities, entry.name, profile.max_patches_train)
+        n_outputs = data.n_classes if task == "subtype" else 4
+        L.seed_everything(req.seed, workers=True, verbose=False)
+        model = entry.build(model_context(cohort, n_outputs, profile.name, weights=req.weights))
+        if entry.regime == "supervised":
+            from bench.train.supervised import train_supervised
 
-        metrics = run_linear_probe(model, data, embedding_cache_path(cohort.root, probe_key(entry.name, profile.name,
-                                                                                             cohort, req.seed, weights)))
+            outcome = train_supervised(model, data, profile, run_dir=run_dir, loggers=loggers, progress=req.progress)
+            metrics = {**outcome.metrics, "best_epoch": outcome.best_epoch}
+        else:
+            from bench.train.probe import embedding_cache_path, run_linear_probe
+
+            cache = embedding_cache_path(cohort.root, probe_key(entry.name, profile.name, cohort, req.seed, weights))
+            metrics = run_linear_probe(model, data, cache)
+        results = [(site, task, metrics, data)]
     seconds = time.perf_counter() - started
     for logger in loggers:
-        logger.log_metrics(metrics)
+        for s, t, metrics, _ in results:
+            logger.log_metrics({f"{s}/{t}/{k}": v for k, v in metrics.items()})
         logger.finalize("success")
-    row = ResultRow(
-        run_id=run_id, task=task, model=entry.name, site=site, seed=req.seed, profile=profile.name,
-        cohort=str(cohort.root), cohort_fingerprint=cohort.fingerprint, regime=entry.regime, metrics=metrics,
-        config={**config.model_dump(mode="json"), "cohort_kind": cohort.kind}, n_train=len(data.splits["train"]),
-        n_val=len(data.splits["val"]), n_test=len(data.splits["test"]), n_excluded=data.n_excluded, seconds=seconds)
+    stored_config = {**config.model_dump(mode="json"), "cohort_kind": cohort.kind}
+    rows = [ResultRow(run_id=run_id, task=t, model=entry.name, site=s, seed=req.seed, profile=profile.name,
+                      cohort=str(cohort.root), cohort_fingerprint=cohort.fingerprint, regime=entry.regime,
+                      metrics=metrics, config=stored_config, n_train=len(data.splits["train"]),
+                      n_val=len(data.splits["val"]), n_test=len(data.splits["test"]), n_excluded=data.n_excluded,
+                      seconds=seconds) for s, t, metrics, data in results]
     with ResultStore(_store(req)) as store:
-        store.write([row])
-    return _report(row, status="ran")
+        store.write(rows)
+    return _report(rows, status="ran")
+
+
+def ensure_text_cache(cohort: Cohort, encoder: str):
+    """The cohort's cached text embeddings of ``encoder``; the offline ``bow`` cache is built on first use."""
+    from bench.text_cache import cache_path, load_text_cache, write_text_cache
+
+    if not cache_path(cohort.root, encoder).is_file():
+        if encoder != "bow":
+            raise BenchError(f"cohort {cohort.root} has no cached '{encoder}' text embeddings; create them with "
+                             f"`python -m bench text embed --cohort {cohort.root} --encoder {encoder} --text-weights PATH`")
+        write_text_cache(cohort, encoder)
+    return load_text_cache(cohort, encoder)
 
 
 def probe_key(model: str, profile: str, cohort: Cohort, seed: int, weights: str | None) -> dict[str, Any]:
@@ -187,43 +236,20 @@ def _store(req: RunRequest) -> Path:
     return store_path(str(req.store) if req.store else None)
 
 
-def _report(row: ResultRow, status: str) -> dict[str, Any]:
+def _report(rows: list[ResultRow], status: str) -> dict[str, Any]:
+    """The ``run --json`` object; a multitask run merges both tasks' metrics, a pan-cancer run nests them by site."""
+    first = rows[0]
+    by_site: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        by_site.setdefault(row.site, {}).update(row.metrics)
+    sites = sorted(by_site)
     return {
-        "run_id": row.run_id, "status": status, "model": row.model, "site": row.site, "task": row.task,
-        "seed": row.seed, "profile": row.profile, "metrics": row.metrics, "n_train": row.n_train,
-        "n_val": row.n_val, "n_test": row.n_test, "n_excluded": row.n_excluded, "seconds": round(row.seconds, 3),
+        "run_id": first.run_id, "status": status, "model": first.model,
+        "site": sites[0] if len(sites) == 1 else PANCANCER, "task": first.config.get("task", first.task),
+        "seed": first.seed, "profile": first.profile,
+        "metrics": by_site[sites[0]] if len(sites) == 1 else {"sites": by_site},
+        "n_train": sum(r.n_train for r in rows if r.task == first.task),
+        "n_val": sum(r.n_val for r in rows if r.task == first.task),
+        "n_test": sum(r.n_test for r in rows if r.task == first.task),
+        "n_excluded": sum(r.n_excluded for r in rows if r.task == first.task), "seconds": round(first.seconds, 3),
     }
-
-
-def embed_cohort(model: str, *, cohort_dir: str | Path | None, profile: str, weights: str | Path | None = None,
-                 seed: int = 0, sites: list[str] | None = None) -> dict[str, Any]:
-    """Compute and cache a frozen encoder's embeddings of every patient with WSI (``python -m bench embed``).
-
-    ``model`` is an encoder family (``gigapath``, ``titan``) or its ``*_lp`` registry name; the linear
-    probes of that configuration then read the cache instead of running the encoder again.
-    """
-    import lightning as L
-
-    from bench.data.dataset import prepare_site
-    from bench.train.probe import cached_embeddings, embedding_cache_path
-
-    name = model.lower() if model.lower().endswith("_lp") else f"{model.lower()}_lp"
-    entry = get_model(name)
-    if entry.regime != "linear_probe":
-        raise BenchError(f"model {entry.name} is not a frozen encoder (regime {entry.regime}); embed takes gigapath or titan")
-    prof = get_profile(profile)
-    cohort = ensure_cohort(cohort_dir, prof.scale)
-    if prof.threads:
-        torch.set_num_threads(prof.threads)
-    tag = weights_option(weights)
-    path = embedding_cache_path(cohort.root, probe_key(entry.name, prof.name, cohort, seed, tag))
-    L.seed_everything(seed, workers=True, verbose=False)
-    encoder = entry.build(model_context(cohort, 4, prof.name, weights=weights))
-    counts = {}
-    for site in sites or cohort.sites:
-        site = cohort.resolve_site(site)
-        data = prepare_site(cohort, site, "survival", entry.modalities, entry.name)
-        x = cached_embeddings(encoder, data.splits, path)
-        counts[site] = sum(len(v) for v in x.values())
-    return {"model": entry.name, "profile": prof.name, "cohort": str(cohort.root), "cache": str(path),
-            "patients": counts, "embed_dim": int(encoder.embed_dim)}

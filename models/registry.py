@@ -31,6 +31,7 @@ class ModelEntry:
     family: str
     description: str = ""
     paper_context: dict[str, Any] = field(default_factory=dict)
+    pancancer: bool = False
 
     def build(self, ctx: ModelContext) -> BenchModel:
         return self.builder(ctx)
@@ -47,8 +48,12 @@ def register_model(
     tasks: tuple[str, ...] = ("subtype", "survival"),
     regime: str = "supervised",
     paper_context: dict[str, Any] | None = None,
+    pancancer: bool = False,
 ) -> Callable[[Builder], Builder]:
-    """Decorator registering ``builder`` under ``name`` (lower-case, unique)."""
+    """Decorator registering ``builder`` under ``name`` (lower-case, unique).
+
+    ``pancancer`` marks a model trained once on all in-domain sites together and evaluated per site.
+    """
     if name != name.lower():
         raise ValueError(f"model names are lower-case: {name!r}")
     bad = [m for m in modalities if m not in MODALITIES]
@@ -74,6 +79,7 @@ def register_model(
             family=builder.__module__.rsplit(".", 1)[-1],
             description=doc[0] if doc else "",
             paper_context=dict(paper_context or {}),
+            pancancer=pancancer,
         )
         return builder
 

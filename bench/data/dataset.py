@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,9 @@ from bench.data.cohort import Cohort
 from bench.data.features import BagStore
 from bench.errors import BenchError
 
+if TYPE_CHECKING:
+    from bench.text_cache import TextCache
+
 log = logging.getLogger(__name__)
 
 
@@ -32,10 +36,12 @@ class PatientDataset(Dataset):
     """Samples of a list of patients; bags are sampled to ``max_patches`` when ``train`` is set."""
 
     def __init__(self, rows: pd.DataFrame, *, bags: BagStore | None, rna: np.ndarray | None,
-                 clinical: np.ndarray, max_patches: int | None = None, train: bool = False):
+                 clinical: np.ndarray, text: torch.Tensor | None = None, max_patches: int | None = None,
+                 train: bool = False):
         self.rows = rows.reset_index(drop=True)
         self.bags = bags
         self.rna = rna
+        self.text = text
         self.clinical = clinical
         self.max_patches = max_patches
         self.train = train
@@ -67,6 +73,8 @@ class PatientDataset(Dataset):
             sample["coords"] = torch.from_numpy(np.array(coords))
         if self.rna is not None:
             sample["rna"] = torch.from_numpy(self.rna[i])
+        if self.text is not None:
+            sample["text"] = self.text[i]
         return sample
 
 
@@ -81,8 +89,9 @@ def collate(samples: list[dict]) -> dict:
         "case_id": [s["case_id"] for s in samples],
         "site": [s["site"] for s in samples],
     }
-    if "rna" in samples[0]:
-        batch["rna"] = torch.stack([s["rna"] for s in samples])
+    for key in ("rna", "text"):
+        if key in samples[0]:
+            batch[key] = torch.stack([s[key] for s in samples])
     if "features" in samples[0]:
         lengths = [len(s["features"]) for s in samples]
         n_max, dim = max(lengths), samples[0]["features"].shape[1]
@@ -130,8 +139,12 @@ def standardise_rna(rna: pd.DataFrame, train_cases: pd.Series) -> pd.DataFrame:
 
 
 def prepare_site(cohort: Cohort, site: str, task: str, modalities: tuple[str, ...], model: str,
-                 max_patches_train: int | None = None) -> SiteData:
-    """Select and load the patients of ``site`` usable by a model reading ``modalities`` for ``task``."""
+                 max_patches_train: int | None = None, text: TextCache | None = None) -> SiteData:
+    """Select and load the patients of ``site`` usable by a model reading ``modalities`` for ``task``.
+
+    ``task`` ``multitask`` keeps the rare set (ModalTune trains on it through its text prompts);
+    ``text`` adds each patient's cached text embeddings ``[4, E]``.
+    """
     site = cohort.resolve_site(site)
     rows = cohort.site_patients(site)
     excluded: dict[str, int] = {}
@@ -173,6 +186,7 @@ def prepare_site(cohort: Cohort, site: str, task: str, modalities: tuple[str, ..
         part = rows[sel]
         rna = rna_all.loc[part["case_id"]].to_numpy(dtype=np.float32) if rna_all is not None else None
         splits[split] = PatientDataset(part, bags=bags, rna=rna, clinical=clinical[sel],
+                                       text=text.matrix(part["case_id"].tolist()) if text is not None else None,
                                        max_patches=max_patches_train, train=split == "train")
     train = splits["train"]
     return SiteData(site=site, task=task, n_classes=cohort.n_classes(site), splits=splits, excluded=excluded,
