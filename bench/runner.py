@@ -253,3 +253,37 @@ def _report(rows: list[ResultRow], status: str) -> dict[str, Any]:
         "n_test": sum(r.n_test for r in rows if r.task == first.task),
         "n_excluded": sum(r.n_excluded for r in rows if r.task == first.task), "seconds": round(first.seconds, 3),
     }
+
+
+def embed_cohort(model: str, *, cohort_dir: str | Path | None, profile: str, weights: str | Path | None = None,
+                 seed: int = 0, sites: list[str] | None = None) -> dict[str, Any]:
+    """Compute and cache a frozen encoder's embeddings of every patient with WSI (``python -m bench embed``).
+
+    ``model`` is an encoder family (``gigapath``, ``titan``) or its ``*_lp`` registry name; the linear
+    probes of that configuration then read the cache instead of running the encoder again.
+    """
+    import lightning as L
+
+    from bench.data.dataset import prepare_site
+    from bench.train.probe import cached_embeddings, embedding_cache_path
+
+    name = model.lower() if model.lower().endswith("_lp") else f"{model.lower()}_lp"
+    entry = get_model(name)
+    if entry.regime != "linear_probe":
+        raise BenchError(f"model {entry.name} is not a frozen encoder (regime {entry.regime}); embed takes gigapath or titan")
+    prof = get_profile(profile)
+    cohort = ensure_cohort(cohort_dir, prof.scale)
+    if prof.threads:
+        torch.set_num_threads(prof.threads)
+    tag = weights_option(weights)
+    path = embedding_cache_path(cohort.root, probe_key(entry.name, prof.name, cohort, seed, tag))
+    L.seed_everything(seed, workers=True, verbose=False)
+    encoder = entry.build(model_context(cohort, 4, prof.name, weights=weights))
+    counts = {}
+    for site in sites or cohort.sites:
+        site = cohort.resolve_site(site)
+        data = prepare_site(cohort, site, "survival", entry.modalities, entry.name)
+        x = cached_embeddings(encoder, data.splits, path)
+        counts[site] = sum(len(v) for v in x.values())
+    return {"model": entry.name, "profile": prof.name, "cohort": str(cohort.root), "cache": str(path),
+            "patients": counts, "embed_dim": int(encoder.embed_dim)}
