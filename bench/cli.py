@@ -383,7 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_drift)
 
     p = sub.add_parser("perf", help="performance benchmarks")
-    p.add_argument("what", choices=["harness", "models"])
+    p.add_argument("what", choices=["harness", "models", "gigapath", "titan"])
+    p.add_argument("--tokens", type=_int_list, help="gigapath/titan: bag sizes (default 1024,4096,16384)")
+    p.add_argument("--layers", type=int, help="gigapath/titan: encoder layers at the paper width")
     p.add_argument("--steps", type=int, default=200, help="harness: training steps")
     p.add_argument("--patches", type=int, help="patches per bag (harness 512, models 4096)")
     p.add_argument("--models", help="models: which models (default: the Table 2 comparison models)")
@@ -399,6 +401,7 @@ def quiet_libraries() -> None:
 
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     for name in ("lightning", "lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric",
                  "pytorch_lightning", "wandb", "numexpr", "numexpr.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -143,6 +143,14 @@ def models(names: list[str] | None = None, patches: int = 4096, dim: int = 1536,
 def run(what: str, args: argparse.Namespace) -> dict[str, Any]:
     if what == "harness":
         return harness(steps=args.steps, patches=args.patches or 512, dim=args.dim)
+    if what in ("gigapath", "titan"):
+        import importlib
+
+        module = importlib.import_module(f"models.{what}_perf")
+        kwargs = {"tokens": tuple(args.tokens)} if args.tokens else {}
+        if args.layers:
+            kwargs["layers"] = args.layers
+        return module.benchmark(**kwargs)
     if what == "models":
         from bench.registry import resolve_models
 
