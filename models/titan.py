@@ -38,10 +38,14 @@ slide).  Token order is the reference's raster order (first coordinate major); o
 invariant to it.  For a single bag this is the reference's batch-size-1 path, which drops
 background cells; a padded batch masks them instead, with the same result.
 
-ALiBi bias memory: the reference materialises the full ``[1, H, L, L]`` bias (plus numpy distance
-tables).  Here the bias is computed from the cell positions in blocks of query rows whose size keeps
-one block under :attr:`TitanConfig.max_bias_elements`, and cached once for all layers when the full
-bias fits; no tensor is larger than one block.
+ALiBi bias memory: the reference materialises the full ``[1, H, T, T]`` float32 bias (plus numpy
+float64 distance tables) and shares it across layers: 12.9 GB at 16,384 tiles.  Here the bias is
+built from the cell positions in blocks of query rows, each under
+:attr:`TitanConfig.max_bias_elements`; when the full bias fits in one block it is built once and
+shared across layers, exactly as the reference, otherwise each layer rebuilds its blocks (one
+broadcast multiply of a head-independent distance table by the slopes), so inference memory stays
+bounded.  Under autograd the attention keeps its bias for the backward pass, so training through a
+blocked encoder holds every layer's blocks, as it would hold the scores.
 
 At the paper configuration the encoder has 48,539,904 parameters and its ``state_dict`` has exactly
 the 96 keys of the ``vision_encoder.`` part of the official ``model.safetensors``.
@@ -91,7 +95,8 @@ class TitanConfig:
     one query); ``norm_eps`` is the ViT's LayerNorm eps, ``pool_norm_eps`` that of the poolers
     (``nn.LayerNorm`` default).  ``patch_size_lv0`` is the tile size in level-0 pixels used to
     build the grid when a call does not give one.  ``max_bias_elements`` bounds one block of the
-    ALiBi bias (``B x H x rows x tokens`` floats; the default is 256 MB in float32).
+    ALiBi bias (``B x H x rows x tokens`` floats; the default is 1 GiB in float32, which holds the
+    whole bias of a 4,096-tile bag).
     The reference uses no dropout and no stochastic depth, so there are none here.
     """
 
@@ -106,7 +111,7 @@ class TitanConfig:
     patch_size_lv0: int = 1024
     norm_eps: float = 1e-6
     pool_norm_eps: float = 1e-5
-    max_bias_elements: int = 2**26
+    max_bias_elements: int = 2**28
 
     def __post_init__(self) -> None:
         if self.embed_dim % self.num_heads:
@@ -227,9 +232,13 @@ class AlibiBias:
     ``bool [B, 1 + L]`` (token 0 is CLS; ``None`` = all real).  For tokens ``i, j``:
     ``bias[b, h, i, j] = -slope_h * ||cell_i - cell_j||_2`` between tiles, ``0`` in the CLS row and
     column (TITAN's ``get_alibi``), and ``-inf`` for a masked key.  Queries are never fully masked
-    (the CLS key is always real).  :meth:`blocks` yields ``(start, stop, bias [B, H, rows, 1 + L])``
-    for consecutive query rows, each block at most ``max_elements`` floats; when the whole bias fits
-    it is computed once and shared by every layer.
+    (the CLS key is always real).
+
+    :meth:`blocks` yields ``(start, stop, bias [B, H, rows, 1 + L])`` for consecutive query rows,
+    each block at most ``max_elements`` floats.  When the whole bias fits in one block it is computed
+    once and shared by every layer (as the reference's full bias is); otherwise each layer rebuilds
+    its blocks from the head-independent distance table ``[B, 1 + L, 1 + L]`` (masked keys at
+    ``+inf``), itself kept when it fits in ``max_elements`` and rebuilt per block when it does not.
     """
 
     def __init__(
@@ -245,32 +254,69 @@ class AlibiBias:
         self.slopes = slopes.to(device=cells.device, dtype=torch.float32)
         cls_pos = torch.zeros(batch, 1, 2, dtype=torch.float32, device=cells.device)
         self.positions = torch.cat([cls_pos, cells.to(torch.float32)], dim=1)  # [B, T, 2]
-        self.is_tile = torch.arange(self.n_tokens, device=cells.device) > 0
-        per_row = max(1, batch * slopes.numel() * self.n_tokens)
-        self.rows = max(1, min(self.n_tokens, max_elements // per_row))
+        self.rows = max(1, min(self.n_tokens, max_elements // max(1, batch * slopes.numel() * self.n_tokens)))
+        self._keep_distances = batch * self.n_tokens * self.n_tokens <= max_elements
+        self._distances: torch.Tensor | None = None
         self._full: dict[torch.dtype, torch.Tensor] = {}
+        self._buffer: torch.Tensor | None = None
+        self._scratch: torch.Tensor | None = None
 
-    def block(self, start: int, stop: int) -> torch.Tensor:
-        """``float32 [B, H, stop - start, T]``: the bias of query rows ``start:stop``."""
-        query = self.positions[:, start:stop]
-        dist = (query.unsqueeze(2) - self.positions.unsqueeze(1)).square().sum(dim=-1).sqrt()  # [B, rows, T]
-        tile_pair = self.is_tile[start:stop].unsqueeze(1) & self.is_tile.unsqueeze(0)
-        dist = dist.masked_fill(~tile_pair, 0.0)
-        bias = dist.unsqueeze(1) * -self.slopes.view(1, -1, 1, 1)
+    def _distance_rows(self, start: int, stop: int, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, stop - start, T]``: Euclidean cell distances of rows ``start:stop``, 0 in the CLS row
+        and column, ``+inf`` for masked keys; written into ``scratch [2, B, >= rows, T]`` if given."""
+        query, keys = self.positions[:, start:stop], self.positions
+        rows = stop - start
+        dist = torch.sub(query[..., 0].unsqueeze(2), keys[..., 0].unsqueeze(1), out=None if scratch is None else scratch[0, :, :rows])
+        other = torch.sub(query[..., 1].unsqueeze(2), keys[..., 1].unsqueeze(1), out=None if scratch is None else scratch[1, :, :rows])
+        dist.square_().add_(other.square_()).sqrt_()
+        dist[:, :, 0] = 0.0  # CLS column
+        if start == 0:
+            dist[:, 0] = 0.0  # CLS row
         if self.token_mask is not None:
-            bias = bias.masked_fill(~self.token_mask[:, None, None, :], -math.inf)
-        return bias
+            dist.masked_fill_(~self.token_mask.unsqueeze(1), math.inf)
+        return dist
+
+    def distances(self, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of the distance table: from the kept table when it fits, else rebuilt
+        in a reused scratch buffer (valid until the next call; never part of an autograd graph)."""
+        if self._keep_distances:
+            if self._distances is None:
+                self._distances = self._distance_rows(0, self.n_tokens)
+            return self._distances[:, start:stop]
+        if self._scratch is None:
+            batch = self.positions.shape[0]
+            self._scratch = self.positions.new_empty(2, batch, self.rows, self.n_tokens)
+        return self._distance_rows(start, stop, self._scratch)
+
+    def block(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, H, stop - start, T]``: the bias of query rows ``start:stop`` (float32, or written
+        into ``out`` in its dtype)."""
+        return torch.mul(self.distances(start, stop).unsqueeze(1), -self.slopes.view(1, -1, 1, 1), out=out)
 
     def blocks(self, dtype: torch.dtype = torch.float32) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """Consecutive query-row blocks ``(start, stop, bias)`` covering all tokens, bias in ``dtype``."""
+        """Consecutive query-row blocks ``(start, stop, bias)`` covering all tokens, bias in ``dtype``.
+
+        A block is valid until the next one is requested: without autograd, blocked biases are
+        written into one reused buffer (fresh gigabyte-sized allocations cost more than the
+        arithmetic); with autograd every block is a new tensor, which the attention may save.
+        """
         if self.rows >= self.n_tokens:
             if dtype not in self._full:
                 self._full[dtype] = self.block(0, self.n_tokens).to(dtype)
             yield 0, self.n_tokens, self._full[dtype]
             return
+        buffer = None
+        if not torch.is_grad_enabled():
+            if self._buffer is None or self._buffer.dtype != dtype:
+                shape = (self.positions.shape[0], self.slopes.numel(), self.rows, self.n_tokens)
+                self._buffer = torch.empty(shape, dtype=dtype, device=self.positions.device)
+            buffer = self._buffer
         for start in range(0, self.n_tokens, self.rows):
             stop = min(start + self.rows, self.n_tokens)
-            yield start, stop, self.block(start, stop).to(dtype)
+            if buffer is None:
+                yield start, stop, self.block(start, stop).to(dtype)
+            else:
+                yield start, stop, self.block(start, stop, out=buffer[:, :, : stop - start])
 
     def dense(self) -> torch.Tensor:
         """The whole bias ``float32 [B, H, T, T]`` (for inspection and tests; quadratic in memory)."""

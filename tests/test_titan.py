@@ -218,15 +218,26 @@ def test_alibi_bias_values_on_a_known_layout():
     assert unmasked.token_mask is None and torch.allclose(unmasked.dense()[0, 0, 1, 3], torch.tensor(-5.0))
 
 
-def test_bias_blocks_are_bounded_and_tile_the_dense_bias():
+@pytest.mark.parametrize(
+    ("max_elements", "ranges"),
+    [
+        (2 * 4 * 31 * 7, [(0, 7), (7, 14), (14, 21), (21, 28), (28, 31)]),  # distances rebuilt per block
+        (2 * 31 * 31 * 2, [(0, 15), (15, 30), (30, 31)]),  # distance table kept, bias blocked
+        (2 * 4 * 31 * 31, [(0, 31)]),  # whole bias in one block, shared
+    ],
+)
+def test_bias_blocks_are_bounded_and_tile_the_dense_bias(max_elements, ranges):
     cells = torch.randint(0, 20, (2, 30, 2))
     mask = torch.rand(2, 31) > 0.3
     mask[:, 0] = True
-    bias = AlibiBias(cells, alibi_slopes(4), mask, max_elements=2 * 4 * 31 * 7)
+    dense = AlibiBias(cells, alibi_slopes(4), mask).dense()
+    bias = AlibiBias(cells, alibi_slopes(4), mask, max_elements=max_elements)
     blocks = list(bias.blocks())
-    assert len(blocks) == 5 and all(b.numel() <= 2 * 4 * 31 * 7 for _, _, b in blocks)
-    assert [(s, e) for s, e, _ in blocks] == [(0, 7), (7, 14), (14, 21), (21, 28), (28, 31)]
-    assert torch.equal(torch.cat([b for _, _, b in blocks], dim=2), bias.dense())
+    assert [(s, e) for s, e, _ in blocks] == ranges
+    assert all(b.numel() <= max_elements for _, _, b in blocks)
+    assert torch.equal(torch.cat([b for _, _, b in blocks], dim=2), dense)
+    again = list(bias.blocks())  # a second layer
+    assert (again[0][2] is blocks[0][2]) == (len(ranges) == 1)
 
 
 @pytest.mark.parametrize("max_elements", [2**26, 3 * 4 * 20 * 5])
@@ -344,13 +355,21 @@ def test_padded_masked_batch_equals_single_bags_and_backpropagates():
     assert model.patch_embed[0].weight.grad is not None and torch.isfinite(model.patch_embed[0].weight.grad).all()
 
 
-def test_small_bias_budget_gives_the_same_outputs():
+def test_small_bias_budget_gives_the_same_outputs_and_gradients():
     features, coords = random_bag(40, span=8)
-    full = tiny_model()(features, coords)
+    full_model = tiny_model()
+    full = full_model(features, coords)
+    full.sum().backward()
     blocked = tiny_model(max_bias_elements=4 * 41 * 3)
     tokens, bias = blocked.embed(features, coords)
     assert len(list(bias.blocks())) == 14
-    assert torch.allclose(blocked(features, coords), full, atol=1e-6)
+    out = blocked(features, coords)  # autograd: a fresh tensor per block
+    assert torch.allclose(out, full, atol=1e-6)
+    out.sum().backward()
+    qkv_grads = [m.layers[0].attn.qkv.weight.grad for m in (full_model, blocked)]
+    assert torch.allclose(*qkv_grads, atol=1e-5)
+    with torch.no_grad():  # inference: blocks share one reused buffer
+        assert torch.allclose(blocked(features, coords), full, atol=1e-6)
 
 
 def test_runs_in_bfloat16():
