@@ -211,7 +211,12 @@ def test_gamma_zero_model_runs_the_frozen_encoder_unchanged(monkeypatch):
     batch = _batch()
     seen = []
     original = model.backbone.slide_embedding
-    monkeypatch.setattr(model.backbone, "slide_embedding", lambda tokens, bag: seen.append(original(tokens, bag)) or seen[-1])
+
+    def record(tokens, bag):
+        seen.append(original(tokens, bag))
+        return seen[-1]
+
+    monkeypatch.setattr(model.backbone, "slide_embedding", record)
     with torch.no_grad():
         model.forward_tasks(batch, [0])
         encoder = model.backbone.encoder
@@ -263,7 +268,7 @@ def test_padding_and_batching_do_not_change_outputs(encoder):
     sizes = (12, 7)
     batch = _batch(encoder, sizes)
     # Padding carries junk that a mask-blind model would read.
-    batch["features"] = torch.where(batch["mask"][..., None], batch["features"], torch.full_like(batch["features"], 5.0))
+    batch["features"] = batch["features"].masked_fill(~batch["mask"][..., None], 5.0)
     with torch.no_grad():
         batched = model.forward_tasks(batch)
         for index, size in enumerate(sizes):

@@ -109,7 +109,11 @@ _REGISTRATION = {"modalities": ("wsi", "rna"), "tasks": ("multitask",), "regime"
 
 @register_model("modaltune", label="ModalTune (Ours)", paper_context=GIGAPATH_PAPER_CONTEXT, **_REGISTRATION)
 def modaltune(ctx: ModelContext) -> ModalTune:
-    """ModalTune: frozen Prov-GigaPath + Modal Adapters, Gene Mixer tokens and 3 task prompts (33,524,890 trainable)."""
+    """ModalTune: frozen Prov-GigaPath with Modal Adapters, Gene Mixer tokens and three task prompts.
+
+    Paper configuration: 33,524,890 trainable parameters as released (+ the contract's 1,028-parameter
+    head for 4 outputs), 86,330,880 frozen.
+    """
     return build_modaltune(ctx, "gigapath")
 
 
@@ -123,5 +127,9 @@ def modaltune_pancancer(ctx: ModelContext) -> ModalTune:
 
 @register_model("modaltune_titan", label="ModalTune TITAN", paper_context=TITAN_PAPER_CONTEXT, **_REGISTRATION)
 def modaltune_titan(ctx: ModelContext) -> ModalTune:
-    """ModalTune TITAN: frozen TITAN + Modal Adapters, "cat" token aggregation (33,921,178 trainable)."""
+    """ModalTune TITAN: frozen TITAN with Modal Adapters, "cat" token aggregation (Table 9).
+
+    Paper configuration: 33,921,178 trainable parameters as released (+ the 1,028-parameter head),
+    48,539,904 frozen.
+    """
     return build_modaltune(ctx, "titan")

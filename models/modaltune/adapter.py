@@ -118,7 +118,9 @@ class CompressedAttention(nn.Module):
         super().__init__()
         inner = int(dim * ratio)
         if inner < 1 or inner % num_heads:
-            raise ValueError(f"compressed width {inner} (= int({dim} * {ratio})) must be divisible by {num_heads} heads")
+            raise ValueError(
+                f"compressed width {inner} (= int({dim} * {ratio})) must be divisible by {num_heads} heads"
+            )
         self.num_heads = num_heads
         self.dropout = float(dropout)
         self.q_in = nn.Linear(dim, inner)

@@ -23,11 +23,11 @@ Data flow for one patient and one task ``t`` (``D`` = encoder width, 768 in both
 
 The release runs one full forward per task (``multitask_forward`` with ``task_ids=[0, 1, 2]``);
 here the tasks are folded into the batch (each bag repeated per task) and run in one pass, with
-identical results. The release trains three tasks: ``general``, ``diagnosis`` and ``survival``
-(``TASK_IDS`` in ``utils/constants.py``), distilled towards the text rows ``[0, 1, 3]`` of the
-4-row text embedding (general, diagnosis, stage, survival; the stage text is not used), and
-probes the ``general`` embedding (``evaluate`` keeps ``logit[[0]]``). :attr:`ModalTune.text_rows`
-gives those rows for the configured tasks.
+the same results up to floating-point summation order. The release trains three tasks, ``general``,
+``diagnosis`` and ``survival`` (``TASK_IDS`` in ``utils/constants.py``), distilled towards the text
+rows ``[0, 1, 3]`` of the 4-row text embedding (general, diagnosis, stage, survival; the stage text
+is not used), and probes the ``general`` embedding (``evaluate`` keeps ``logit[[0]]``).
+:attr:`ModalTune.text_rows` gives those rows for the configured tasks.
 
 Parameters at the paper configuration (Prov-GigaPath, 331 pathways over 4,987 genes, measured on
 the release): Gene Mixer 25,102,170; interaction blocks 6,836,160; prompt self-attention
@@ -144,7 +144,8 @@ def _release_init(module: nn.Module) -> None:
     LayerNorms. On the Gene Mixer it also covers the per-pathway S-MLP (one ``nn.Linear`` per
     pathway in the release) and skips the token-mixing MLPs, which the release writes as ``Conv1d``
     and therefore leaves at PyTorch's default initialisation."""
-    token_mixers = {id(m) for block in module.modules() if isinstance(block, MixerBlock) for m in block.token_mlp.modules()}
+    blocks = [block for block in module.modules() if isinstance(block, MixerBlock)]
+    token_mixers = {id(m) for block in blocks for m in block.token_mlp.modules()}
     for sub in module.modules():
         if id(sub) in token_mixers:
             continue
