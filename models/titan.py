@@ -254,6 +254,7 @@ class AlibiBias:
         self.slopes = slopes.to(device=cells.device, dtype=torch.float32)
         cls_pos = torch.zeros(batch, 1, 2, dtype=torch.float32, device=cells.device)
         self.positions = torch.cat([cls_pos, cells.to(torch.float32)], dim=1)  # [B, T, 2]
+        self.max_elements = max_elements
         self.rows = max(1, min(self.n_tokens, max_elements // max(1, batch * slopes.numel() * self.n_tokens)))
         self._keep_distances = batch * self.n_tokens * self.n_tokens <= max_elements
         self._distances: torch.Tensor | None = None
@@ -317,6 +318,13 @@ class AlibiBias:
                 yield start, stop, self.block(start, stop).to(dtype)
             else:
                 yield start, stop, self.block(start, stop, out=buffer[:, :, : stop - start])
+
+    def repeat_interleave(self, repeats: int) -> AlibiBias:
+        """The bias of a batch in which every bag is repeated ``repeats`` times in a row (as
+        ``Tensor.repeat_interleave(repeats, dim=0)`` repeats the tokens)."""
+        mask = None if self.token_mask is None else self.token_mask.repeat_interleave(repeats, dim=0)
+        cells = self.positions[:, 1:].repeat_interleave(repeats, dim=0)
+        return AlibiBias(cells, self.slopes, mask, self.max_elements)
 
     def dense(self) -> torch.Tensor:
         """The whole bias ``float32 [B, H, T, T]`` (for inspection and tests; quadratic in memory)."""

@@ -240,6 +240,16 @@ def test_bias_blocks_are_bounded_and_tile_the_dense_bias(max_elements, ranges):
     assert (again[0][2] is blocks[0][2]) == (len(ranges) == 1)
 
 
+def test_repeated_bias_follows_repeated_bags():
+    cells = torch.randint(0, 20, (2, 6, 2))
+    mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    bias = AlibiBias(cells, alibi_slopes(4), mask, max_elements=500)
+    repeated = bias.repeat_interleave(3)
+    assert repeated.rows == max(1, 500 // (6 * 4 * 7))
+    assert torch.equal(repeated.dense(), bias.dense().repeat_interleave(3, dim=0))
+    assert torch.equal(repeated.token_mask, mask.repeat_interleave(3, dim=0))
+
+
 @pytest.mark.parametrize("max_elements", [2**26, 3 * 4 * 20 * 5])
 def test_attention_equals_naive_softmax_with_alibi_bias(max_elements):
     torch.manual_seed(0)
