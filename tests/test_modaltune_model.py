@@ -99,6 +99,7 @@ def test_registry_entries():
         assert (entry.label, entry.modalities, entry.tasks, entry.regime, entry.family) == (
             label, ("wsi", "rna"), ("multitask",), "text_distill", "modaltune"
         )
+        assert entry.pancancer == (name == "modaltune_pancancer")
         ctx = paper_context(entry)
         assert ctx.feature_dim == feature_dim and ctx.n_genes == GENE_MIXER_PAPER_CONTEXT["n_genes"] == 4987
         # The same pathways as the genemixer baseline's paper configuration (one Gene Mixer).

@@ -5,10 +5,10 @@ Registry entries (all ``text_distill``, modalities ``wsi`` + ``rna``, task ``mul
 ``modaltune``
     "ModalTune (Ours)": frozen Prov-GigaPath, trained per cancer site.
 ``modaltune_pancancer``
-    "ModalTune Pan-Cancer (Ours)": the same model. The release's ``train_modaltune_pancancer.py``
-    reuses ``train_modaltune.py``'s trainer and model unchanged (no site-aware prompts); only the
-    data (all sites pooled) and the probes (one logistic regression / Cox model per site, plus a
-    site classifier) differ, which is the harness's business.
+    "ModalTune Pan-Cancer (Ours)": the same model, registered ``pancancer=True``. The release's
+    ``train_modaltune_pancancer.py`` reuses ``train_modaltune.py``'s trainer and model unchanged
+    (no site-aware prompts); only the data (all sites pooled) and the probes (one logistic
+    regression / Cox model per site, plus a site classifier) differ, which is the harness's business.
 ``modaltune_titan``
     "ModalTune TITAN" (Table 9): frozen TITAN, token aggregation "cat", stochastic depth 0.2.
 
@@ -118,7 +118,11 @@ def modaltune(ctx: ModelContext) -> ModalTune:
 
 
 @register_model(
-    "modaltune_pancancer", label="ModalTune Pan-Cancer (Ours)", paper_context=GIGAPATH_PAPER_CONTEXT, **_REGISTRATION
+    "modaltune_pancancer",
+    label="ModalTune Pan-Cancer (Ours)",
+    paper_context=GIGAPATH_PAPER_CONTEXT,
+    pancancer=True,
+    **_REGISTRATION,
 )
 def modaltune_pancancer(ctx: ModelContext) -> ModalTune:
     """ModalTune Pan-Cancer: the ModalTune model trained on all sites pooled (per-site probes)."""
