@@ -93,3 +93,19 @@ def gigapath_cat(ctx: ModelContext) -> BenchModel:
 def gigapath_kp(ctx: ModelContext) -> BenchModel:
     """Prov-Gigapath (KP): tuned slide embedding and Gene Mixer embedding fused by the gated Kronecker head."""
     return build_late_fusion(ctx, _tuned_gigapath_wsi, "kp")
+
+
+@register_model("gigapath_cat_cls", label="Prov-Gigapath Cls. (cat)", modalities=("wsi", "rna"),
+                tasks=("multitask",), regime="transfer", source_task="subtype", paper_context=_GIGAPATH_FUSION_PAPER)
+def gigapath_cat_cls(ctx: ModelContext) -> BenchModel:
+    """Prov-Gigapath Cls. (cat): Prov-Gigapath (cat) tuned for BRCA subtyping, deployed out of distribution
+    (Table 3): its embedding (prediction layer removed) is linear-probed on COADREAD / BLCA."""
+    return build_late_fusion(ctx, _tuned_gigapath_wsi, "cat")
+
+
+@register_model("gigapath_cat_surv", label="Prov-Gigapath Surv. (cat)", modalities=("wsi", "rna"),
+                tasks=("multitask",), regime="transfer", source_task="survival", paper_context=_GIGAPATH_FUSION_PAPER)
+def gigapath_cat_surv(ctx: ModelContext) -> BenchModel:
+    """Prov-Gigapath Surv. (cat): Prov-Gigapath (cat) tuned for BRCA survival, deployed out of distribution
+    (Table 3): its embedding (prediction layer removed) is linear-probed on COADREAD / BLCA."""
+    return build_late_fusion(ctx, _tuned_gigapath_wsi, "cat")

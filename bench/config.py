@@ -90,7 +90,7 @@ class RunConfig(BaseModel):
     seed: int = Field(ge=0)
     profile: Profile
     cohort_fingerprint: str
-    regime: Literal["supervised", "text_distill", "linear_probe"] = "supervised"
+    regime: Literal["supervised", "text_distill", "linear_probe", "transfer"] = "supervised"
     options: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
 
     def run_id(self) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import get_profile
-from bench.data.sites import IN_DOMAIN_SITES
+from bench.data.sites import IN_DOMAIN_SITES, OOD_SITES
 from bench.errors import BenchError, unknown_name
 from bench.registry import all_models
 from bench.results import ResultStore, store_path
@@ -25,7 +25,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class GridSpec:
-    """A paper table: ``rows`` are ``(registry name, paper label)`` in the paper's order."""
+    """A paper table: ``rows`` are ``(registry name, paper label)`` in the paper's order.
+
+    ``sources`` maps a row to the site its run trains on when that differs from the table's columns
+    (Table 3: models tuned on BRCA, or pan-cancer, and deployed out of distribution).
+    """
 
     name: str
     title: str
@@ -34,6 +38,7 @@ class GridSpec:
     tasks: tuple[str, ...] = ("subtype", "survival")
     seeds: tuple[int, ...] = (0, 1, 2)
     overall: bool = True
+    sources: tuple[tuple[str, str], ...] = ()
 
 
 TABLE2 = GridSpec(
@@ -58,7 +63,19 @@ TABLE9 = GridSpec(
     sites=IN_DOMAIN_SITES,
 )
 
-GRIDS: dict[str, GridSpec] = {g.name: g for g in (TABLE2, TABLE9)}
+TABLE3 = GridSpec(
+    name="table3",
+    title="Table 3: out-of-distribution sites — subtype (balanced accuracy) and survival (C-index)",
+    rows=(("gigapath_cat", "Prov-Gigapath Sup. (cat)"), ("gigapath_lp", "Prov-Gigapath LP"),
+          ("gigapath_cat_cls", "Prov-Gigapath Cls. (cat)"), ("gigapath_cat_surv", "Prov-Gigapath Surv. (cat)"),
+          ("modaltune", "ModalTune"), ("modaltune_pancancer", "ModalTune Pan-Cancer")),
+    sites=OOD_SITES,
+    overall=False,
+    sources=(("gigapath_cat_cls", "BRCA"), ("gigapath_cat_surv", "BRCA"), ("modaltune", "BRCA"),
+             ("modaltune_pancancer", "PANCANCER")),
+)
+
+GRIDS: dict[str, GridSpec] = {g.name: g for g in (TABLE2, TABLE3, TABLE9)}
 
 
 def get_grid(name: str) -> GridSpec:
@@ -94,7 +111,8 @@ def grid_cells(grid: GridSpec, *, models: list[str] | None = None, sites: list[s
         entry = registry[name]
         run_seeds = (0,) if entry.regime == "linear_probe" else tuple(seeds if seeds is not None else grid.seeds)
         tasks = ("multitask",) if entry.tasks == ("multitask",) else tuple(t for t in grid.tasks if t in entry.tasks)
-        for site in (["PANCANCER"] if entry.pancancer else (sites or grid.sites)):
+        source = dict(grid.sources).get(name)
+        for site in ([source] if source else ["PANCANCER"] if entry.pancancer else (sites or grid.sites)):
             for task in tasks:
                 for seed in run_seeds:
                     cells.append(Cell(name, site, task, seed))
@@ -120,6 +138,11 @@ def run_grid(grid: GridSpec, *, profile: str, cohort_dir: str | Path | None, sto
     prof = get_profile(profile)
     cohort = ensure_cohort(cohort_dir, prof.scale)
     sites = [cohort.resolve_site(s) for s in (sites or [s for s in grid.sites if s in cohort.sites])]
+    sources = {site for _, site in grid.sources if site != "PANCANCER"}
+    missing_sources = sorted(sources - set(cohort.sites))
+    if missing_sources:
+        raise BenchError(f"{grid.name} deploys models tuned on {', '.join(missing_sources)}, which cohort "
+                         f"{cohort.root} lacks")
     cells = grid_cells(grid, models=models, sites=sites, seeds=seeds)
     path = store_path(str(store) if store else None)
     with ResultStore(path) as results:

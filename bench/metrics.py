@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sksurv.exceptions import NoComparablePairException
 from sksurv.metrics import concordance_index_censored, concordance_index_ipcw
 from sksurv.util import Surv
 
@@ -42,7 +43,11 @@ def c_index(event: np.ndarray, time: np.ndarray, risk: np.ndarray) -> float:
     """Harrell's C-index of a risk score (higher risk should mean earlier death)."""
     if not np.any(event):
         return float("nan")
-    return float(concordance_index_censored(np.asarray(event, bool), np.asarray(time, float), np.asarray(risk, float))[0])
+    try:
+        return float(concordance_index_censored(np.asarray(event, bool), np.asarray(time, float),
+                                                np.asarray(risk, float))[0])
+    except NoComparablePairException:  # e.g. a tiny split whose only deaths are its longest follow-ups
+        return float("nan")
 
 
 def survival_metrics(event: np.ndarray, time: np.ndarray, risk: np.ndarray,
@@ -64,7 +69,7 @@ def survival_metrics(event: np.ndarray, time: np.ndarray, risk: np.ndarray,
                     Surv.from_arrays(np.asarray(train_event, bool), np.asarray(train_time, float)),
                     Surv.from_arrays(np.asarray(event, bool), np.minimum(np.asarray(time, float), max_train)),
                     np.asarray(risk, float), tau=tau)[0])
-        except ValueError as err:
+        except (ValueError, NoComparablePairException) as err:
             log.warning("IPCW C-index not computable: %s", err)
             out["ipcw_c_index"] = float("nan")
     return out

@@ -26,8 +26,7 @@ def render_table(table: str, *, store: str | Path | None = None, profile: str | 
         rows = results.rows(profile=profile)
     prof = get_profile(profile)
     registry = all_models()
-    table_rows = [TableRow(name, registry[name].label if name in registry else label, name in registry)
-                  for name, label in grid.rows]
+    table_rows = [TableRow(name, label, name in registry) for name, label in grid.rows]
     cohorts = sorted({r.cohort for r in rows})
     header = [f"profile: {prof.name}" + (" (model widths narrowed and fewer epochs than the paper; not comparable "
                                          "in absolute value)" if prof.narrowed else ""),

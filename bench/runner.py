@@ -19,7 +19,7 @@ import torch
 from bench.config import Profile, RunConfig, get_profile
 from bench.data.cohort import Cohort
 from bench.errors import BenchError
-from bench.data.sites import IN_DOMAIN_SITES
+from bench.data.sites import IN_DOMAIN_SITES, OOD_SITES
 from bench.registry import get_model
 from bench.results import ResultRow, ResultStore
 from models.base import ModelContext
@@ -28,6 +28,7 @@ from models.registry import ModelEntry
 log = logging.getLogger(__name__)
 DEFAULT_RUNS_DIR = Path("runs")
 PANCANCER = "PANCANCER"
+TRANSFER_SOURCE = "BRCA"  # Table 3: the in-domain site whose tuned models are deployed out of distribution
 
 
 @dataclass
@@ -101,10 +102,19 @@ def synthetic_context(scale: str, n_outputs: int, profile: str) -> ModelContext:
 
 
 def result_keys(entry: ModelEntry, cohort: Cohort, site: str, task: str) -> list[tuple[str, str]]:
-    """The ``(site, task)`` rows a run stores: one, both tasks (multitask), or every site (pan-cancer)."""
+    """The ``(site, task)`` rows a run stores: one, both tasks (multitask), every in-domain site
+    (pan-cancer), plus the out-of-distribution sites a run deploys to (Table 3)."""
     tasks = ("subtype", "survival") if task == "multitask" else (task,)
-    sites = training_sites(entry, cohort, site)
-    return [(s, t) for s in sites for t in tasks]
+    sites = [] if entry.regime == "transfer" else training_sites(entry, cohort, site)
+    return [(s, t) for s in sites + deploy_sites(entry, cohort, site) for t in tasks]
+
+
+def deploy_sites(entry: ModelEntry, cohort: Cohort, site: str) -> list[str]:
+    """Out-of-distribution sites (Table 3) a run is deployed to after training, as in the paper: the
+    BRCA-trained ModalTune, the pan-cancer ModalTune and the BRCA-tuned transfer rows."""
+    if entry.regime == "transfer" or (entry.regime == "text_distill" and (entry.pancancer or site == TRANSFER_SOURCE)):
+        return [s for s in OOD_SITES if s in cohort.sites]
+    return []
 
 
 def training_sites(entry: ModelEntry, cohort: Cohort, site: str) -> list[str]:
@@ -124,6 +134,14 @@ def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
     profile = get_profile(req.profile)
     cohort = cohort or ensure_cohort(req.cohort, profile.scale)
     site = PANCANCER if entry.pancancer else cohort.resolve_site(req.site)
+    if entry.regime == "transfer" and site != TRANSFER_SOURCE:
+        raise BenchError(f"model {entry.name} is tuned on {TRANSFER_SOURCE} and deployed to the out-of-distribution "
+                         f"sites (Table 3); run it with --site {TRANSFER_SOURCE.lower()}")
+    if entry.regime == "transfer" and not deploy_sites(entry, cohort, site):
+        raise BenchError(f"model {entry.name} is deployed to {', '.join(OOD_SITES)}; cohort {cohort.root} has none")
+    if entry.regime == "text_distill" and site in OOD_SITES:
+        raise BenchError(f"{entry.label} on {site} is the {TRANSFER_SOURCE}-trained (or pan-cancer) model deployed "
+                         f"out of distribution (Table 3): run --site {TRANSFER_SOURCE.lower()} (or the pan-cancer model)")
     task = req.task or ("multitask" if entry.tasks == ("multitask",) else None)
     if task is None:
         raise BenchError(f"model {entry.name} supports tasks {', '.join(entry.tasks)}; choose one with --task")
@@ -163,9 +181,26 @@ def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
         L.seed_everything(req.seed, workers=True, verbose=False)
         model = entry.build(model_context(cohort, 4, profile.name, weights=req.weights))
         projector = TextProjector(in_dim=text.dim, out_dim=model.embed_dim, seed=req.seed)
+        deploy = {s: prepare_site(cohort, s, "multitask", entry.modalities, entry.name, text=text)
+                  for s in deploy_sites(entry, cohort, site)}
         outcome = train_distill(model, projector, datas, profile.distill, run_dir=run_dir, loggers=loggers,
-                                progress=req.progress)
+                                progress=req.progress, deploy=deploy)
+        datas.update(deploy)
         results = [(s, t, {**outcome.metrics[s][t], "best_epoch": outcome.best_epoch}, datas[s]) for s, t in keys]
+    elif entry.regime == "transfer":
+        from bench.train.distill import deploy_and_probe
+        from bench.train.supervised import train_supervised
+
+        source_task = entry.source_task
+        data = prepare_site(cohort, site, source_task, entry.modalities, entry.name, profile.max_patches_train)
+        L.seed_everything(req.seed, workers=True, verbose=False)
+        n_outputs = data.n_classes if source_task == "subtype" else 4
+        model = entry.build(model_context(cohort, n_outputs, profile.name, weights=req.weights))
+        outcome = train_supervised(model, data, profile, run_dir=run_dir, loggers=loggers, progress=req.progress)
+        deploy = {s: prepare_site(cohort, s, "multitask", entry.modalities, entry.name)
+                  for s in deploy_sites(entry, cohort, site)}
+        probed = deploy_and_probe(model, deploy)
+        results = [(s, t, {**probed[s][t], "best_epoch": outcome.best_epoch}, deploy[s]) for s, t in keys]
     else:
         data = prepare_site(cohort, site, task, entry.modalities, entry.name, profile.max_patches_train)
         n_outputs = data.n_classes if task == "subtype" else 4

@@ -45,7 +45,7 @@ from models import tasks
 
 MODALITIES = ("wsi", "rna", "clinical", "text")
 TASKS = ("subtype", "survival", "multitask")
-REGIMES = ("supervised", "text_distill", "linear_probe")
+REGIMES = ("supervised", "text_distill", "linear_probe", "transfer")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ class ModelEntry:
     description: str = ""
     paper_context: dict[str, Any] = field(default_factory=dict)
     pancancer: bool = False
+    source_task: str | None = None
 
     def build(self, ctx: ModelContext) -> BenchModel:
         return self.builder(ctx)
@@ -49,11 +50,15 @@ def register_model(
     regime: str = "supervised",
     paper_context: dict[str, Any] | None = None,
     pancancer: bool = False,
+    source_task: str | None = None,
 ) -> Callable[[Builder], Builder]:
     """Decorator registering ``builder`` under ``name`` (lower-case, unique).
 
-    ``pancancer`` marks a model trained once on all in-domain sites together and evaluated per site.
+    ``pancancer`` marks a model trained once on all in-domain sites together and evaluated per site;
+    ``source_task`` is the task a ``transfer``-regime model is tuned on before it is deployed.
     """
+    if (regime == "transfer") != (source_task is not None):
+        raise ValueError(f"{name}: a transfer-regime model needs a source_task, and only it")
     if name != name.lower():
         raise ValueError(f"model names are lower-case: {name!r}")
     bad = [m for m in modalities if m not in MODALITIES]
@@ -80,6 +85,7 @@ def register_model(
             description=doc[0] if doc else "",
             paper_context=dict(paper_context or {}),
             pancancer=pancancer,
+            source_task=source_task,
         )
         return builder
 

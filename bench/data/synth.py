@@ -176,7 +176,7 @@ SITE_SIGNAL: dict[str, SignalWeights] = {
     "BRCA": SignalWeights(rna_class=0.85),
     "GBMLGG": SignalWeights(rna_class=2.5, class_hazard=(1.5, 0.0)),
     "NSCLC": SignalWeights(),
-    "RCC": SignalWeights(wsi_class=1.3, wsi_hazard=0.7, rna_hazard=1.4),
+    "RCC": SignalWeights(wsi_class=1.45, rna_class=1.15, wsi_hazard=0.7, rna_hazard=1.4),
     "COADREAD": SignalWeights(wsi_class=0.7, rna_class=0.7),
     "BLCA": SignalWeights(wsi_class=0.85, rna_class=0.85),
 }

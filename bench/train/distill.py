@@ -100,6 +100,7 @@ class ProbeSelection(L.Callback):
         self.best_epoch = -1
         self.best_embeddings: dict[str, dict[str, np.ndarray]] = {}
         self.history: list[float] = []
+        self.best_state: dict[str, torch.Tensor] = {}
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: DistillModule) -> None:
         embeddings = {site: {split: embed(module.model, ds, module.device) for split, ds in data.splits.items()}
@@ -110,6 +111,7 @@ class ProbeSelection(L.Callback):
         module.log("val_metric", score)
         if score > self.best_score:
             self.best_score, self.best_epoch, self.best_embeddings = score, trainer.current_epoch, embeddings
+            self.best_state = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
         module.model.train()
 
 
@@ -122,8 +124,12 @@ class DistillOutcome:
 
 def train_distill(model: torch.nn.Module, projector: torch.nn.Module, sites: dict[str, SiteData],
                   settings: DistillSettings, *, run_dir: Path, loggers: list, progress: bool = False,
-                  precision: str | None = None) -> DistillOutcome:
-    """Train on the training patients of every site in ``sites`` together; probe per site."""
+                  precision: str | None = None, deploy: dict[str, SiteData] | None = None) -> DistillOutcome:
+    """Train on the training patients of every site in ``sites`` together; probe per site.
+
+    ``deploy``: out-of-distribution sites (Table 3) never seen in training; the best epoch's model
+    embeds their patients and the probes are fit on their own training split.
+    """
     train = ConcatDataset([data.splits["train"] for data in sites.values()])
     generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
     bs = settings.batch_size
@@ -143,4 +149,17 @@ def train_distill(model: torch.nn.Module, projector: torch.nn.Module, sites: dic
     for site, data in sites.items():
         x = selection.best_embeddings[site]
         metrics[site] = {"subtype": probe_subtype(x, data), "survival": probe_survival(x, data)}
+    if deploy:
+        model.load_state_dict(selection.best_state)
+        metrics.update(deploy_and_probe(model, deploy))
     return DistillOutcome(metrics=metrics, best_epoch=selection.best_epoch, val_history=selection.history)
+
+
+def deploy_and_probe(model: torch.nn.Module, sites: dict[str, SiteData]) -> dict[str, dict[str, dict[str, float]]]:
+    """Embed every patient of ``sites`` with a trained model (``forward_features``) and probe both tasks."""
+    device = next(model.parameters()).device
+    out = {}
+    for site, data in sites.items():
+        x = {split: embed(model, ds, device) for split, ds in data.splits.items()}
+        out[site] = {"subtype": probe_subtype(x, data), "survival": probe_survival(x, data)}
+    return out
