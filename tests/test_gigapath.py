@@ -445,3 +445,13 @@ def test_initialisation_follows_the_reference():
             assert torch.equal(module.weight, torch.ones_like(module.weight))
             assert torch.equal(module.bias, torch.zeros_like(module.bias))
     assert 0.01 < model.cls_token.std() < 0.03
+
+
+def test_attention_score_pairs_counts_segments_slots_and_sink():
+    from models.gigapath_perf import attention_score_pairs
+
+    assert attention_score_pairs(100, 4, (128,), (1,)) == 4 * 100 * 101  # one full segment
+    # 1025 tokens, segment 1024: two segments of 1024 slots (the second zero-padded)
+    assert attention_score_pairs(1025, 16, (1024,), (1,)) == 2 * 16 * 1024 * 1025
+    # ratio 2 over a 1025-token segment: ceil(1025 / 2) = 513 slots per head group
+    assert attention_score_pairs(1025, 16, (4096,), (2,)) == 16 * 513 * 514
