@@ -193,16 +193,18 @@ def tile_grid(
     the dense ``H x W`` grid, tiles are sorted by cell key and runs of equal keys are summed.
     """
     batch, n_tiles, dim = features.shape
+    if n_tiles == 0:
+        empty = torch.zeros(batch, 0, dtype=torch.bool, device=features.device)
+        return SlideGrid(features, torch.zeros(batch, 0, 2, dtype=torch.long, device=features.device), empty)
     real = torch.ones(batch, n_tiles, dtype=torch.bool, device=features.device) if mask is None else mask.bool()
     pos = coords.to(torch.float64)
     origin = torch.where(real.unsqueeze(-1), pos, math.inf).amin(dim=1, keepdim=True)
     cells = torch.floor((pos - origin) / patch_size_lv0)
     cells = torch.where(real.unsqueeze(-1), cells, 0.0).long()
 
-    width = cells[..., 1].amax() + 1 if cells.numel() else cells.new_tensor(1)
-    key = cells[..., 0] * width + cells[..., 1]
-    sentinel = (cells[..., 0].amax() + 1) * width if cells.numel() else width
-    key = key.masked_fill(~real, int(sentinel))
+    width = int(cells[..., 1].amax()) + 1
+    sentinel = (int(cells[..., 0].amax()) + 1) * width  # above every real cell's key
+    key = (cells[..., 0] * width + cells[..., 1]).masked_fill(~real, sentinel)
     key, order = key.sort(dim=1, stable=True)
     present = key != sentinel
 
@@ -210,7 +212,7 @@ def tile_grid(
     starts[:, 1:] = key[:, 1:] != key[:, :-1]
     slot = starts.cumsum(dim=1) - 1  # [B, N] index of each sorted tile's cell
     n_cells = (starts & present).sum(dim=1)
-    length = int(n_cells.max()) if batch else 0
+    length = int(n_cells.max())
 
     sorted_feats = features.gather(1, order.unsqueeze(-1).expand(-1, -1, dim))
     sorted_feats = torch.where(present.unsqueeze(-1), sorted_feats, 0.0)
@@ -266,10 +268,12 @@ class AlibiBias:
         """``[B, stop - start, T]``: Euclidean cell distances of rows ``start:stop``, 0 in the CLS row
         and column, ``+inf`` for masked keys; written into ``scratch [2, B, >= rows, T]`` if given."""
         query, keys = self.positions[:, start:stop], self.positions
-        rows = stop - start
-        dist = torch.sub(query[..., 0].unsqueeze(2), keys[..., 0].unsqueeze(1), out=None if scratch is None else scratch[0, :, :rows])
-        other = torch.sub(query[..., 1].unsqueeze(2), keys[..., 1].unsqueeze(1), out=None if scratch is None else scratch[1, :, :rows])
-        dist.square_().add_(other.square_()).sqrt_()
+        dx, dy = (
+            torch.sub(query[..., axis].unsqueeze(2), keys[..., axis].unsqueeze(1),
+                      out=None if scratch is None else scratch[axis, :, : stop - start])
+            for axis in (0, 1)
+        )
+        dist = dx.square_().add_(dy.square_()).sqrt_()
         dist[:, :, 0] = 0.0  # CLS column
         if start == 0:
             dist[:, 0] = 0.0  # CLS row
@@ -304,6 +308,7 @@ class AlibiBias:
         if self.rows >= self.n_tokens:
             if dtype not in self._full:
                 self._full[dtype] = self.block(0, self.n_tokens).to(dtype)
+                self._distances = None  # the full bias replaces it
             yield 0, self.n_tokens, self._full[dtype]
             return
         buffer = None

@@ -365,6 +365,17 @@ def test_padded_masked_batch_equals_single_bags_and_backpropagates():
     assert model.patch_embed[0].weight.grad is not None and torch.isfinite(model.patch_embed[0].weight.grad).all()
 
 
+def test_a_bag_without_tiles_pools_the_cls_token_alone():
+    model = tiny_model()
+    features, coords = random_bag(4)
+    masked = model(features, coords, torch.zeros(1, 4, dtype=torch.bool))
+    empty = model(torch.zeros(1, 0, 32), torch.zeros(1, 0, 2))
+    no_tiles = AlibiBias(torch.zeros(1, 0, 2), alibi_slopes(4))
+    cls_only = model.pool(model.final_norm(model.layers[0](model.cls_token, no_tiles)))
+    assert torch.isfinite(masked).all()
+    assert torch.allclose(masked, cls_only, atol=1e-6) and torch.allclose(empty, cls_only, atol=1e-6)
+
+
 def test_small_bias_budget_gives_the_same_outputs_and_gradients():
     features, coords = random_bag(40, span=8)
     full_model = tiny_model()
