@@ -39,7 +39,7 @@ invariant to it.  For a single bag this is the reference's batch-size-1 path, wh
 background cells; a padded batch masks them instead, with the same result.
 
 ALiBi bias memory: the reference materialises the full ``[1, H, T, T]`` float32 bias (plus numpy
-float64 distance tables) and shares it across layers: 12.9 GB at 16,384 tiles.  Here the bias is
+float64 distance tables) and shares it across layers: 12 GiB at 16,384 tiles.  Here the bias is
 built from the cell positions in blocks of query rows, each under
 :attr:`TitanConfig.max_bias_elements`; when the full bias fits in one block it is built once and
 shared across layers, exactly as the reference, otherwise each layer rebuilds its blocks (one

@@ -8,7 +8,7 @@ runs in a fresh spawned process, so every peak RSS belongs to one bag size.  Sam
 
 TITAN's attention is full self-attention over all ``1 + L`` tokens with a dense 2-D ALiBi bias, so
 time grows quadratically in the bag size once attention dominates the linear layers.  The reference
-holds the whole ``[1, H, T, T]`` float32 bias (``reference_bias_mb``: 12.9 GB at 16,384 tiles);
+holds the whole ``[1, H, T, T]`` float32 bias (``reference_bias_mb``: 12 GiB at 16,384 tiles);
 here it is built in query blocks of at most ``max_bias_elements`` floats (``bias_block_mb``), shared
 by all layers when one block covers all rows (``bias_blocks_per_layer`` = 1).
 """
