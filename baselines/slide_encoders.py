@@ -18,6 +18,8 @@ profiles use with a shallow, narrow encoder of the same class.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -26,6 +28,7 @@ from baselines.genemixer import GENE_MIXER_PAPER_CONTEXT
 from models.base import BenchModel, ModelContext
 from models.gigapath import GigaPathConfig, GigaPathSlideEncoder, load_gigapath_weights
 from models.registry import register_model
+from models.titan import TitanConfig, TitanSlideEncoder, load_titan_weights
 
 
 class SlideEncoderModel(BenchModel):
@@ -109,3 +112,52 @@ def gigapath_cat_surv(ctx: ModelContext) -> BenchModel:
     """Prov-Gigapath Surv. (cat): Prov-Gigapath (cat) tuned for BRCA survival, deployed out of distribution
     (Table 3): its embedding (prediction layer removed) is linear-probed on COADREAD / BLCA."""
     return build_late_fusion(ctx, _tuned_gigapath_wsi, "cat")
+
+
+def titan_encoder(ctx: ModelContext) -> TitanSlideEncoder:
+    """TITAN's vision tower for ``ctx``: the paper's reads 768-d CONCH v1.5 tile features (a cohort of other
+    features is refused); ``tiny``/``small`` build the profile's narrow tower on the cohort's features. Its
+    grid uses the cohort's tile size in level-0 pixels (TITAN's own tiles: 512 px at 20x = 1,024)."""
+    config = TitanConfig.for_profile(ctx.profile)
+    if ctx.profile == "paper" and ctx.feature_dim != config.feature_dim:
+        raise ValueError(f"TITAN reads {config.feature_dim}-d CONCH v1.5 tile features; this cohort's features are "
+                         f"{ctx.feature_dim}-d (import a cohort of TITAN features, e.g. the release's *_titan splits)")
+    config = replace(config, feature_dim=ctx.feature_dim,
+                     patch_size_lv0=int(ctx.extra.get("patch_size_px", config.patch_size_lv0)))
+    encoder = TitanSlideEncoder(config)
+    weights = ctx.extra.get("weights")
+    if weights:
+        load_titan_weights(encoder, weights)
+    return encoder
+
+
+def _tuned_titan_wsi(ctx: ModelContext) -> SlideEncoderModel:
+    return SlideEncoderModel(titan_encoder(ctx), ctx.n_outputs, frozen=False)
+
+
+_TITAN_PAPER = {"feature_dim": 768, "extra": {"patch_size_px": 1024}}
+_TITAN_FUSION_PAPER = {**_TITAN_PAPER, **GENE_MIXER_PAPER_CONTEXT}
+
+
+@register_model("titan_lp", label="TITAN LP", modalities=("wsi",), regime="linear_probe", paper_context=_TITAN_PAPER)
+def titan_lp(ctx: ModelContext) -> SlideEncoderModel:
+    """TITAN LP: frozen TITAN vision tower (48,539,904 parameters), slide embedding linear-probed."""
+    return SlideEncoderModel(titan_encoder(ctx), ctx.n_outputs, frozen=True)
+
+
+@register_model("titan_tuned", label="TITAN (Tuned)", modalities=("wsi",), paper_context=_TITAN_PAPER)
+def titan_tuned(ctx: ModelContext) -> SlideEncoderModel:
+    """TITAN (Tuned): TITAN's vision tower fine-tuned end-to-end with a linear task head."""
+    return _tuned_titan_wsi(ctx)
+
+
+@register_model("titan_cat", label="TITAN (cat)", modalities=("wsi", "rna"), paper_context=_TITAN_FUSION_PAPER)
+def titan_cat(ctx: ModelContext) -> BenchModel:
+    """TITAN (cat): tuned TITAN slide embedding concatenated with the Gene Mixer embedding."""
+    return build_late_fusion(ctx, _tuned_titan_wsi, "cat")
+
+
+@register_model("titan_kp", label="TITAN (KP)", modalities=("wsi", "rna"), paper_context=_TITAN_FUSION_PAPER)
+def titan_kp(ctx: ModelContext) -> BenchModel:
+    """TITAN (KP): tuned TITAN slide embedding and Gene Mixer embedding fused by the gated Kronecker head."""
+    return build_late_fusion(ctx, _tuned_titan_wsi, "kp")

@@ -78,7 +78,8 @@ def model_context(cohort: Cohort, n_outputs: int, profile: str, weights: str | P
         pathways=torch.from_numpy(pathways) if pathways is not None else None,
         families=cohort.families,
         profile=profile,
-        extra={"weights": str(weights)} if weights else {},
+        extra={"patch_size_px": int(cohort.manifest.get("patch_size_px", 256)),
+               **({"weights": str(weights)} if weights else {})},
     )
 
 
@@ -179,7 +180,7 @@ def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
         datas = {s: prepare_site(cohort, s, "multitask", entry.modalities, entry.name, profile.max_patches_train,
                                  text=text) for s in training_sites(entry, cohort, site)}
         L.seed_everything(req.seed, workers=True, verbose=False)
-        model = entry.build(model_context(cohort, 4, profile.name, weights=req.weights))
+        model = build_model(entry, model_context(cohort, 4, profile.name, weights=req.weights))
         projector = TextProjector(in_dim=text.dim, out_dim=model.embed_dim, seed=req.seed)
         deploy = {s: prepare_site(cohort, s, "multitask", entry.modalities, entry.name, text=text)
                   for s in deploy_sites(entry, cohort, site)}
@@ -195,7 +196,7 @@ def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
         data = prepare_site(cohort, site, source_task, entry.modalities, entry.name, profile.max_patches_train)
         L.seed_everything(req.seed, workers=True, verbose=False)
         n_outputs = data.n_classes if source_task == "subtype" else 4
-        model = entry.build(model_context(cohort, n_outputs, profile.name, weights=req.weights))
+        model = build_model(entry, model_context(cohort, n_outputs, profile.name, weights=req.weights))
         outcome = train_supervised(model, data, profile, run_dir=run_dir, loggers=loggers, progress=req.progress)
         deploy = {s: prepare_site(cohort, s, "multitask", entry.modalities, entry.name)
                   for s in deploy_sites(entry, cohort, site)}
@@ -205,7 +206,7 @@ def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
         data = prepare_site(cohort, site, task, entry.modalities, entry.name, profile.max_patches_train)
         n_outputs = data.n_classes if task == "subtype" else 4
         L.seed_everything(req.seed, workers=True, verbose=False)
-        model = entry.build(model_context(cohort, n_outputs, profile.name, weights=req.weights))
+        model = build_model(entry, model_context(cohort, n_outputs, profile.name, weights=req.weights))
         if entry.regime == "supervised":
             from bench.train.supervised import train_supervised
 
@@ -215,6 +216,8 @@ def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
             from bench.train.probe import embedding_cache_path, run_linear_probe
 
             cache = embedding_cache_path(cohort.root, probe_key(entry.name, profile.name, cohort, req.seed, weights))
+            if req.force:  # --force recomputes everything, the cached embeddings included
+                cache.unlink(missing_ok=True)
             metrics = run_linear_probe(model, data, cache)
         results = [(site, task, metrics, data)]
     seconds = time.perf_counter() - started
@@ -231,6 +234,15 @@ def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
     with ResultStore(_store(req)) as store:
         store.write(rows)
     return _report(rows, status="ran")
+
+
+def build_model(entry: ModelEntry, ctx: ModelContext) -> torch.nn.Module:
+    """Build ``entry`` for ``ctx``; a model that cannot read this cohort (a ValueError of its builder,
+    e.g. TITAN on 1,536-d features) is a bad-input error naming the model."""
+    try:
+        return entry.build(ctx)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        raise BenchError(f"model {entry.name}: {err}") from err
 
 
 def ensure_text_cache(cohort: Cohort, encoder: str):

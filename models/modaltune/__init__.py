@@ -74,7 +74,9 @@ def build_backbone(encoder: str, ctx: ModelContext) -> SlideBackbone:
             load_gigapath_weights(gigapath, weights)
         return GigaPathBackbone(gigapath)
     if encoder == "titan":
-        titan = TitanSlideEncoder(replace(TitanConfig.for_profile(ctx.profile), feature_dim=ctx.feature_dim))
+        config = TitanConfig.for_profile(ctx.profile)
+        titan = TitanSlideEncoder(replace(config, feature_dim=ctx.feature_dim,
+                                          patch_size_lv0=int(ctx.extra.get("patch_size_px", config.patch_size_lv0))))
         if weights:
             load_titan_weights(titan, weights)
         return TitanBackbone(titan)
