@@ -191,6 +191,23 @@ def test_fusion_of_wsi_and_rna_latents_beats_either_alone(small: synth.Synthetic
     assert c_index(["stage"]) > 0.55
 
 
+def test_site_hazard_weights_echo_the_paper(small: synth.SyntheticPatients) -> None:
+    """RNA carries more of RCC's hazard than WSI; glioblastoma (GBMLGG class 0) is far deadlier."""
+    from sksurv.metrics import concordance_index_censored
+
+    table, latents = small.table, small.latents
+    rcc = (table["site"] == "RCC").to_numpy()
+    event, months = table["event"].to_numpy()[rcc].astype(bool), table["survival_months"].to_numpy()[rcc]
+    c_wsi = concordance_index_censored(event, months, latents["z_wsi"].to_numpy()[rcc])[0]
+    c_rna = concordance_index_censored(event, months, latents["z_rna"].to_numpy()[rcc])[0]
+    assert c_rna > c_wsi + 0.03, (c_wsi, c_rna)  # measured 0.67 vs 0.72
+    glioma = latents[(table["site"] == "GBMLGG").to_numpy()]
+    gbm, lgg = (glioma["risk"][glioma["group"] == k].mean() for k in (0, 1))
+    assert gbm > lgg + 1.0, (gbm, lgg)
+    deaths = table[(table["site"] == "GBMLGG").to_numpy()].groupby(glioma["group"].to_numpy())["event"].mean()
+    assert deaths[0] > deaths[1] + 0.2, deaths
+
+
 def test_clinical_strings_and_diagnoses_consistent(small: synth.SyntheticPatients) -> None:
     table, latents = small.table, small.latents
     checks = {
@@ -355,23 +372,67 @@ def test_subtype_is_recoverable_from_patches_and_rna(tiny_views: TinyViews) -> N
         with_rna = labelled & (patients["has_rna"] == 1).to_numpy()
         x = pathway_scores.loc[patients["case_id"][with_rna]].to_numpy()
         rna_scores.append(_cv_balanced_accuracy(x, patients["label"].to_numpy()[with_rna]))
-    # Chance is 0.5 (1/3 for RCC); measured ~0.77 (WSI, mean pooling) and ~0.95 (RNA pathways).
-    assert np.mean(wsi_scores) > 0.68, wsi_scores
-    assert np.mean(rna_scores) > 0.85, rna_scores
+    # Chance averages 0.47 over the sites (0.5, 1/3 for RCC); measured 0.69 (WSI, mean pooling) and
+    # 0.72 (RNA pathway scores) on ~40 labelled patients a site.
+    assert np.mean(wsi_scores) > 0.6, wsi_scores
+    assert np.mean(rna_scores) > 0.62, rna_scores
+
+
+def test_subtype_signal_is_neither_absent_nor_saturated(small: synth.SyntheticPatients) -> None:
+    """At ``small`` scale the classes overlap (patient-level noise) yet stay well above chance.
+
+    WSI: a probe on the true tumour phenotype (what a perfect attention pooling sees, patch noise
+    aside) bounds what any WSI model reaches; RNA: a probe on the standardised expression. The per-site
+    weights keep the paper's direction: WSI ahead for BRCA, RNA (near-perfect) ahead for GBMLGG.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    def probe(x: np.ndarray, y: np.ndarray) -> float:
+        model = LogisticRegression(C=0.05, max_iter=2000, class_weight="balanced")
+        return balanced_accuracy_score(y, cross_val_predict(model, x, y, cv=StratifiedKFold(3, shuffle=True, random_state=0)))
+
+    structure = synth.gene_structure("small", seed=0)
+    wsi, rna = {}, {}
+    for site in ("BRCA", "GBMLGG", "NSCLC"):
+        rows = (small.table["site"] == site).to_numpy()
+        latents = small.latents[rows]
+        labelled = small.table["label"].to_numpy()[rows] >= 0
+        y = latents["group"].to_numpy()[labelled]
+        wsi[site] = probe(np.stack(latents["wsi_phenotype"].to_numpy())[labelled], y)
+        n_groups = synth.site_counts(site, "small").table.shape[0]
+        expression = synth._rna_matrix(site, latents, n_groups, structure, seed=0)
+        expression = (expression - expression.mean(0)) / expression.std(0)
+        rna[site] = probe(expression[labelled], y)
+    # Measured: WSI 0.96 / 0.94 / 0.94, RNA 0.81 / 1.00 / 0.87 (BRCA / GBMLGG / NSCLC).
+    for site in ("BRCA", "NSCLC"):
+        assert 0.75 < wsi[site] < 0.98 and 0.72 < rna[site] < 0.95, (site, wsi[site], rna[site])
+    assert wsi["BRCA"] > rna["BRCA"] + 0.05
+    assert rna["GBMLGG"] > 0.97 and rna["GBMLGG"] > wsi["GBMLGG"] + 0.03
 
 
 def test_subtype_signal_sits_in_a_minority_of_patches(tiny: Path) -> None:
     patients = pd.read_csv(tiny / fmt.PATIENTS)
     latents = synth.simulate_patients("tiny", 0).latents
     wsi = synth._wsi_model(synth.SCALES["tiny"], 0, ALL_SITES)
-    top_decile, median = [], []
-    for ids, site, group in zip(patients["slide_ids"], patients["site"], latents["group"]):
+    top_decile, bottom_decile, median, own_phenotype = [], [], [], []
+    for ids, site, group, phenotype in zip(
+        patients["slide_ids"], patients["site"], latents["group"], latents["wsi_phenotype"]
+    ):
         projection = np.sort(_bag(tiny, ids) @ wsi.directions[site][group])
-        top_decile.append(projection[-max(1, len(projection) // 10) :].mean())
+        k = max(1, len(projection) // 10)
+        top_decile.append(projection[-k:].mean())
+        bottom_decile.append(projection[:k].mean())
         median.append(np.median(projection))
-    # Tumour patches (10-25 %) are shifted by 3 along their class direction, the rest are not.
-    assert np.mean(top_decile) > 2.8
+        own_phenotype.append(phenotype[group])
+    # Tumour patches (10-25 %) are shifted by the patient's phenotype (mean 3 along the class
+    # direction), the rest are not: without signal the two deciles mirror each other (sum ~0).
+    top_decile = np.asarray(top_decile)
+    assert np.mean(top_decile + np.asarray(bottom_decile)) > 1.0
     assert abs(np.mean(median)) < 0.5
+    # The shift is the patient's own phenotype, not a constant per class.
+    assert np.corrcoef(top_decile, own_phenotype)[0, 1] > 0.7
 
 
 def test_hazard_latents_are_recoverable_from_files(tiny_views: TinyViews) -> None:
