@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_drift)
 
     p = sub.add_parser("perf", help="performance benchmarks")
-    p.add_argument("what", choices=["harness", "models", "gigapath", "titan"])
+    p.add_argument("what", choices=["harness", "models", "gigapath", "titan", "modaltune"])
     p.add_argument("--tokens", type=_int_list, help="gigapath/titan: bag sizes (default 1024,4096,16384)")
     p.add_argument("--layers", type=int, help="gigapath/titan: encoder layers at the paper width")
     p.add_argument("--steps", type=int, default=200, help="harness: training steps")
