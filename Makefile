@@ -8,10 +8,11 @@ JOBS ?=
 STORE ?= runs/results.sqlite
 TABLES_DIR := runs/tables
 
-.PHONY: install test table2 drift-record clean help
+.PHONY: install test table2 table3 table9 drift-record clean help
 
 help:
 	@echo "make table2   run the Table 2 grid (missing runs only) on the embedded synthetic cohort and render it"
+	@echo "make table3   the same for Table 3 (out-of-distribution sites); make table9: TITAN (Table 9)"
 	@echo "make test     install if needed, run pytest and the drift check"
 	@echo "variables: PROFILE=tiny|small|paper (default small), JOBS=N, STORE=path"
 
@@ -28,13 +29,14 @@ test: $(STAMP)
 	$(PY) -m pytest
 	$(PY) -m bench drift check
 
-table2: $(STAMP)
-	$(PY) -m bench grid table2 --profile $(PROFILE) --store $(STORE) $(if $(JOBS),--jobs $(JOBS))
+# One target per paper table: run the grid's missing runs, then render Markdown, LaTeX and CSV.
+table2 table3 table9: %: $(STAMP)
+	$(PY) -m bench grid $@ --profile $(PROFILE) --store $(STORE) $(if $(JOBS),--jobs $(JOBS))
 	@mkdir -p $(TABLES_DIR)
-	$(PY) -m bench table table2 --profile $(PROFILE) --store $(STORE) --format csv --out $(TABLES_DIR)/table2-$(PROFILE).csv
-	$(PY) -m bench table table2 --profile $(PROFILE) --store $(STORE) --format latex --out $(TABLES_DIR)/table2-$(PROFILE).tex
-	$(PY) -m bench table table2 --profile $(PROFILE) --store $(STORE) --format md --out $(TABLES_DIR)/table2-$(PROFILE).md
-	@cat $(TABLES_DIR)/table2-$(PROFILE).md
+	$(PY) -m bench table $@ --profile $(PROFILE) --store $(STORE) --format csv --out $(TABLES_DIR)/$@-$(PROFILE).csv
+	$(PY) -m bench table $@ --profile $(PROFILE) --store $(STORE) --format latex --out $(TABLES_DIR)/$@-$(PROFILE).tex
+	$(PY) -m bench table $@ --profile $(PROFILE) --store $(STORE) --format md --out $(TABLES_DIR)/$@-$(PROFILE).md
+	@cat $(TABLES_DIR)/$@-$(PROFILE).md
 
 drift-record: $(STAMP)
 	$(PY) -m bench drift record
