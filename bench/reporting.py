@@ -35,6 +35,10 @@ def render_table(table: str, *, store: str | Path | None = None, profile: str | 
     if any(r.config.get("cohort_kind") == "synthetic" for r in rows):
         header.append("data: embedded SYNTHETIC TCGA-like cohort — numbers show the harness works and rank methods on "
                       "planted signal; they are not TCGA results")
+    random_init = sorted({r.model for r in rows if r.model.startswith(("gigapath", "titan", "modaltune"))
+                          and not (r.config.get("options") or {}).get("weights")})
+    if random_init:
+        header.append(f"slide encoders RANDOMLY INITIALISED (no --weights checkpoint) in: {', '.join(random_init)}")
     not_registered = [label for name, label in grid.rows if name not in registry]
     if not_registered:
         header.append(f"not yet implemented here (—): {', '.join(not_registered)}")
