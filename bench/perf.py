@@ -12,7 +12,6 @@ ratio (target ≤ 1.10), plus the process's peak RSS.
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 import time
 
@@ -21,9 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+from models.encoder_perf import in_fresh_process, peak_rss_mb
 
 
 def _loader(n_bags: int, patches: int, dim: int, batch_size: int) -> torch.utils.data.DataLoader:
@@ -90,7 +87,7 @@ def harness(steps: int = 200, patches: int = 512, dim: int = 1536, batch_size: i
     return {"benchmark": "harness", "model": "abmil", "steps": steps, "patches": patches, "dim": dim,
             "batch_size": batch_size, "threads": torch.get_num_threads(), "bare_s": round(bare_s, 4),
             "harness_s": round(harness_s, 4), "ratio": round(harness_s / bare_s, 4),
-            "peak_rss_mb": round(_peak_rss_mb(), 1)}
+            "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
 def _model_step(name: str, patches: int, dim: int, repeats: int) -> dict[str, Any]:
@@ -105,7 +102,7 @@ def _model_step(name: str, patches: int, dim: int, repeats: int) -> dict[str, An
              "mask": torch.ones(1, patches, dtype=torch.bool), "rna": torch.randn(1, ctx.n_genes),
              "clinical": torch.zeros(1, 5), "label": torch.tensor([1]), "survival_bin": torch.tensor([2]),
              "event": torch.tensor([1]), "survival_months": torch.tensor([10.0])}
-    base_rss = _peak_rss_mb()
+    base_rss = peak_rss_mb()
     model = entry.build(ctx).train()
     times = []
     for _ in range(repeats + 1):
@@ -114,8 +111,8 @@ def _model_step(name: str, patches: int, dim: int, repeats: int) -> dict[str, An
         times.append(time.perf_counter() - start)
         model.zero_grad(set_to_none=True)
     return {"model": name, "params": sum(p.numel() for p in model.parameters()),
-            "fwd_bwd_s": round(float(np.median(times[1:])), 4), "peak_rss_mb": round(_peak_rss_mb(), 1),
-            "peak_rss_over_start_mb": round(_peak_rss_mb() - base_rss, 1)}
+            "fwd_bwd_s": round(float(np.median(times[1:])), 4), "peak_rss_mb": round(peak_rss_mb(), 1),
+            "peak_rss_over_start_mb": round(peak_rss_mb() - base_rss, 1)}
 
 
 def models(names: list[str] | None = None, patches: int = 4096, dim: int = 1536, repeats: int = 3) -> dict[str, Any]:
@@ -123,9 +120,6 @@ def models(names: list[str] | None = None, patches: int = 4096, dim: int = 1536,
 
     Default: every supervised Table 2 comparison model that needs no slide foundation model.
     """
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
     from bench.registry import all_models
 
     registry = all_models()
@@ -134,8 +128,7 @@ def models(names: list[str] | None = None, patches: int = 4096, dim: int = 1536,
                  and e.family not in ("modaltune",)]
     runs = []
     for name in names:
-        with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-            runs.append(pool.submit(_model_step, name, patches, dim, repeats).result())
+        runs.append(in_fresh_process(_model_step, name, patches, dim, repeats))
     return {"benchmark": "models", "patches": patches, "dim": dim, "batch_size": 1, "repeats": repeats,
             "threads": torch.get_num_threads(), "runs": runs}
 
@@ -163,13 +156,13 @@ def _modaltune_step(patches: int, checkpoint: bool, encoder: str) -> dict[str, A
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=5e-4)
     model.train()
-    base = _peak_rss_mb()
+    base = peak_rss_mb()
     start = time.perf_counter()
     loss = distillation_loss(model.forward_tasks(batch), projector(batch["text"][:, list(model.text_rows)]))
     loss.backward()
     optimizer.step()
     step_s = time.perf_counter() - start
-    step_rss = _peak_rss_mb()
+    step_rss = peak_rss_mb()
     frozen_with_grad = sum(p.grad is not None for p in model.parameters() if not p.requires_grad)
     state_params = sum(v.numel() for st in optimizer.state.values() for v in st.values() if torch.is_tensor(v) and v.dim())
     model.eval()
@@ -179,7 +172,7 @@ def _modaltune_step(patches: int, checkpoint: bool, encoder: str) -> dict[str, A
     embed_s = time.perf_counter() - start
     return {"encoder": encoder, "tiles": patches, "checkpoint_encoder": checkpoint,
             "construction_s": round(construction_s, 3), "train_step_s": round(step_s, 3),
-            "embed_s": round(embed_s, 3), "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "embed_s": round(embed_s, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
             "train_step_rss_over_start_mb": round(step_rss - base, 1),
             "trainable_params": sum(p.numel() for p in trainable),
             "frozen_params": sum(p.numel() for p in model.parameters() if not p.requires_grad),
@@ -189,13 +182,7 @@ def _modaltune_step(patches: int, checkpoint: bool, encoder: str) -> dict[str, A
 def modaltune(patches: int = 4096, encoder: str = "gigapath") -> dict[str, Any]:
     """ModalTune at the paper configuration: a training step and an embedding pass, with and without
     activation checkpointing of the frozen encoder, each in a fresh process (peak RSS per setting)."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    runs = []
-    for checkpoint in (False, True):
-        with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-            runs.append(pool.submit(_modaltune_step, patches, checkpoint, encoder).result())
+    runs = [in_fresh_process(_modaltune_step, patches, checkpoint, encoder) for checkpoint in (False, True)]
     return {"benchmark": "modaltune", "threads": torch.get_num_threads(), "runs": runs}
 
 

@@ -14,23 +14,19 @@ SDPA kernels never hold a score matrix).
 
 from __future__ import annotations
 
-import logging
 import math
-import resource
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from multiprocessing import get_context
 from statistics import median
 from typing import Any
 
 import torch
 
+from models.encoder_perf import peak_rss_mb, scaling_benchmark
 from models.gigapath import GigaPathConfig, GigaPathSlideEncoder
 
 __all__ = ["attention_score_pairs", "benchmark"]
 
-logger = logging.getLogger(__name__)
 
 
 def attention_score_pairs(length: int, heads: int, segment_lengths, dilation_ratios) -> int:
@@ -42,10 +38,6 @@ def attention_score_pairs(length: int, heads: int, segment_lengths, dilation_rat
         slots = math.ceil(seg / ratio)
         total += math.ceil(length / seg) * heads * slots * (slots + 1)
     return total
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _synthetic_bag(tiles: int, feature_dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +63,7 @@ def _forward(tiles: int, layers: int, repeats: int, threads: int, seed: int) -> 
     config = replace(GigaPathConfig.paper(), depth=layers)
     model = GigaPathSlideEncoder(config).eval()
     features, coords = _synthetic_bag(tiles, config.feature_dim, seed)
-    rss_before = _peak_rss_mb()
+    rss_before = peak_rss_mb()
     times, cpu_times = [], []
     with torch.inference_mode():
         for _ in range(repeats):
@@ -86,16 +78,11 @@ def _forward(tiles: int, layers: int, repeats: int, threads: int, seed: int) -> 
         "times_s": times,
         "median_cpu_s": median(cpu_times),
         "rss_before_forward_mb": rss_before,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "attention_score_pairs_per_layer": attention_score_pairs(
             tiles + 1, config.num_heads, config.segment_lengths, config.dilation_ratios
         ),
     }
-
-
-def _in_fresh_process(fn, *args) -> dict[str, Any]:
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
 
 
 def benchmark(
@@ -114,23 +101,5 @@ def benchmark(
     disturbs less, RSS before the forward passes and peak, score pairs per layer), and the ratios
     of consecutive median wall-clock times (``"16384/4096"`` etc.) and CPU times.
     """
-    threads = threads if threads is not None else torch.get_num_threads()
-    result: dict[str, Any] = {
-        "device": "cpu",
-        "torch": torch.__version__,
-        "threads": threads,
-        "layers": layers,
-        "embed_dim": GigaPathConfig.paper().embed_dim,
-        "repeats": repeats,
-    }
-    result.update(_in_fresh_process(_construct, threads))
-    logger.info("construction of the paper model: %.2f s", result["construction_s"])
-    runs = []
-    for tiles in tokens:
-        run = _in_fresh_process(_forward, tiles, layers, repeats, threads, seed)
-        logger.info("%d tiles: median %.2f s, peak RSS %.0f MB", tiles, run["median_s"], run["peak_rss_mb"])
-        runs.append(run)
-    result["runs"] = runs
-    for key, name in (("median_s", "time_ratios"), ("median_cpu_s", "cpu_time_ratios")):
-        result[name] = {f"{b['tiles']}/{a['tiles']}": b[key] / a[key] for a, b in zip(runs, runs[1:])}
-    return result
+    return scaling_benchmark(_construct, _forward, embed_dim=GigaPathConfig.paper().embed_dim, tokens=tokens, layers=layers,
+                             repeats=repeats, threads=threads, seed=seed)

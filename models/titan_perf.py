@@ -15,7 +15,6 @@ by all layers when one block covers all rows (``bias_blocks_per_layer`` = 1).
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from dataclasses import replace
@@ -24,12 +23,11 @@ from typing import Any
 
 import torch
 
-from models.gigapath_perf import _in_fresh_process, _peak_rss_mb
+from models.encoder_perf import peak_rss_mb, scaling_benchmark
 from models.titan import TitanConfig, TitanSlideEncoder
 
 __all__ = ["benchmark"]
 
-logger = logging.getLogger(__name__)
 
 
 def _synthetic_bag(tiles: int, config: TitanConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +54,7 @@ def _forward(tiles: int, layers: int, repeats: int, threads: int, seed: int) -> 
     config = replace(TitanConfig.paper(), depth=layers)
     model = TitanSlideEncoder(config).eval()
     features, coords = _synthetic_bag(tiles, config, seed)
-    rss_before = _peak_rss_mb()
+    rss_before = peak_rss_mb()
     times, cpu_times = [], []
     with torch.inference_mode():
         _, bias = model.embed(features, coords)
@@ -73,7 +71,7 @@ def _forward(tiles: int, layers: int, repeats: int, threads: int, seed: int) -> 
         "times_s": times,
         "median_cpu_s": median(cpu_times),
         "rss_before_forward_mb": rss_before,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "attention_score_pairs_per_layer": config.num_heads * n_tokens * n_tokens,
         "bias_blocks_per_layer": math.ceil(n_tokens / bias.rows),
         "bias_block_mb": config.num_heads * bias.rows * n_tokens * 4 / 2**20,
@@ -97,23 +95,5 @@ def benchmark(
     score pairs per layer, ALiBi bias blocking and the reference's full-bias size), and the ratios
     of consecutive median wall-clock times (``"16384/4096"`` etc.) and CPU times.
     """
-    threads = threads if threads is not None else torch.get_num_threads()
-    result: dict[str, Any] = {
-        "device": "cpu",
-        "torch": torch.__version__,
-        "threads": threads,
-        "layers": layers,
-        "embed_dim": TitanConfig.paper().embed_dim,
-        "repeats": repeats,
-    }
-    result.update(_in_fresh_process(_construct, threads))
-    logger.info("construction of the paper model: %.2f s", result["construction_s"])
-    runs = []
-    for tiles in tokens:
-        run = _in_fresh_process(_forward, tiles, layers, repeats, threads, seed)
-        logger.info("%d tiles: median %.2f s, peak RSS %.0f MB", tiles, run["median_s"], run["peak_rss_mb"])
-        runs.append(run)
-    result["runs"] = runs
-    for key, name in (("median_s", "time_ratios"), ("median_cpu_s", "cpu_time_ratios")):
-        result[name] = {f"{b['tiles']}/{a['tiles']}": b[key] / a[key] for a, b in zip(runs, runs[1:])}
-    return result
+    return scaling_benchmark(_construct, _forward, embed_dim=TitanConfig.paper().embed_dim, tokens=tokens, layers=layers,
+                             repeats=repeats, threads=threads, seed=seed)
