@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, BenchError
+from bench.logs import quiet_libraries
 
 log = logging.getLogger("bench")
 
@@ -393,18 +394,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_perf)
     return parser
-
-
-def quiet_libraries() -> None:
-    """Keep Lightning's and W&B's chatter (tips, device banners) off stderr; warnings still show."""
-    import warnings
-
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
-    for name in ("lightning", "lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric",
-                 "pytorch_lightning", "wandb", "numexpr", "numexpr.utils"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 PROFILE_NAMES = ("tiny", "small", "paper")
+# Part of every run id: bump it with any change to a model, a regime or the data pipeline that changes
+# results, so that stored results of the old code are not served as cached results of the new.
+CODE_VERSION = "0.1.0"
 
 
 class DistillSettings(BaseModel):
@@ -61,9 +64,9 @@ PROFILES: dict[str, Profile] = {
     "tiny": Profile(name="tiny", scale="tiny", narrowed=True, epochs=10, batch_size=4, lr=1e-3, weight_decay=1e-5,
                     warmup_epochs=0, alpha_surv=0.5, max_patches_train=64, threads=1, grid_jobs=2,
                     distill=DistillSettings(epochs=4, lr=1e-3, weight_decay=5e-4, warmup_epochs=1, batch_size=4)),
-    "small": Profile(name="small", scale="small", narrowed=True, epochs=8, batch_size=16, lr=5e-4, weight_decay=1e-5,
-                     warmup_epochs=0, alpha_surv=0.5, max_patches_train=128, threads=1, grid_jobs=2,
-                     distill=DistillSettings(epochs=6, lr=5e-4, weight_decay=5e-4, warmup_epochs=2, batch_size=8)),
+    "small": Profile(name="small", scale="small", narrowed=True, epochs=5, batch_size=16, lr=1e-3, weight_decay=1e-5,
+                     warmup_epochs=0, alpha_surv=0.5, max_patches_train=48, threads=1, grid_jobs=2,
+                     distill=DistillSettings(epochs=4, lr=5e-4, weight_decay=5e-4, warmup_epochs=1, batch_size=16)),
     "paper": Profile(name="paper", scale="paper", narrowed=False, epochs=20, batch_size=1, lr=1e-4, weight_decay=1e-5,
                      warmup_epochs=1, alpha_surv=0.5, max_patches_train=4096, threads=None, grid_jobs=1,
                      distill=DistillSettings(epochs=30, lr=1e-4, weight_decay=5e-4, warmup_epochs=10, batch_size=1)),
@@ -92,6 +95,8 @@ class RunConfig(BaseModel):
     cohort_fingerprint: str
     regime: Literal["supervised", "text_distill", "linear_probe", "transfer"] = "supervised"
     options: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    code_version: str = Field(default_factory=lambda: CODE_VERSION,
+                              description="bumped whenever models or training change results")
 
     def run_id(self) -> str:
         """Stable 16-hex-digit id: the hash of the canonical JSON of this configuration."""

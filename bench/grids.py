@@ -120,9 +120,11 @@ def grid_cells(grid: GridSpec, *, models: list[str] | None = None, sites: list[s
 
 
 def _run_cell(args: dict[str, Any]) -> dict[str, Any]:
-    """Worker: run one cell in this process (each worker loads the cohort once)."""
+    """Worker: run one cell in this process (a spawned worker starts without the CLI's logging set-up)."""
+    from bench.logs import quiet_libraries
     from bench.runner import RunRequest, execute
 
+    quiet_libraries()
     return execute(RunRequest(**args))
 
 

@@ -225,7 +225,7 @@ class DilatedAttention(nn.Module):
     Parameter names follow the reference checkpoint: ``q_proj``, ``k_proj``, ``v_proj``,
     ``out_proj`` (all with bias), ``inner_attn_ln`` (LayerNorm over ``D``).
 
-    Masking: a batch whose bags differ in length is attended bag by bag over its real tokens only,
+    Masking: a batch whose bags differ in length is attended per distinct length over real tokens only,
     so a padded and masked bag gets exactly the unpadded bag's result (the segmentation depends on
     the bag's own length, so the real tokens cannot share one padded layout); padded positions
     get zeros before ``out_proj``.
@@ -269,12 +269,18 @@ class DilatedAttention(nn.Module):
         if mask is None or bool(mask.all()):
             attn = self._attend(x)
         else:
-            rows = []
-            for tokens, keep in zip(x, mask.bool(), strict=True):
-                index = keep.nonzero().squeeze(1)
-                attended = self._attend(tokens.index_select(0, index).unsqueeze(0)).squeeze(0)
-                rows.append(torch.zeros_like(tokens).index_copy(0, index, attended))
-            attn = torch.stack(rows)
+            # Real tokens first (stable, so in order), then one batched call per distinct bag length:
+            # a bag's segmentation depends on its own length, so bags of equal length share a call.
+            keep = mask.bool()
+            order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True).unsqueeze(-1).expand_as(x)
+            packed = x.gather(1, order)
+            lengths = keep.sum(dim=1)
+            attended = torch.zeros_like(x)
+            for length in lengths.unique().tolist():
+                if length:
+                    rows = (lengths == length).nonzero().squeeze(1)
+                    attended[rows, :length] = self._attend(packed.index_select(0, rows)[:, :length])
+            attn = torch.zeros_like(x).scatter(1, order, attended)
         return self.out_proj(self.inner_attn_ln(attn))
 
 

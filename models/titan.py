@@ -132,14 +132,14 @@ class TitanConfig:
 
     @classmethod
     def for_profile(cls, profile: str) -> TitanConfig:
-        """``paper``; ``small`` = 2 layers of width 256 (8 heads, 8-head poolers, 32 caption queries);
+        """``paper``; ``small`` = 2 layers of width 64 (4 heads, 4-head poolers, 16 caption queries);
         ``tiny`` = 1 layer of width 64, 4 heads, 4-head poolers, 8 caption queries.  The input stays
         768-d CONCH v1.5 features in every profile."""
         paper = cls.paper()
         if profile == "paper":
             return paper
         if profile == "small":
-            return replace(paper, depth=2, embed_dim=256, num_heads=8, pool_queries=32)
+            return replace(paper, depth=2, embed_dim=64, num_heads=4, pool_heads=4, pool_queries=16)
         if profile == "tiny":
             return replace(paper, depth=1, embed_dim=64, num_heads=4, pool_heads=4, pool_queries=8)
         raise ValueError(f"unknown profile {profile!r}; expected 'paper', 'small' or 'tiny'")

@@ -423,7 +423,7 @@ def test_runs_in_half_precision(dtype):
 
 def test_profiles_build_the_same_class_narrower():
     small = GigaPathSlideEncoder(GigaPathConfig.for_profile("small"))
-    assert (small.embed_dim, len(small.layers)) == (256, 2)
+    assert (small.embed_dim, len(small.layers)) == (64, 2)
     assert small.config.segment_lengths == PAPER_SEGMENTS
     with pytest.raises(ValueError, match="profile"):
         GigaPathConfig.for_profile("huge")

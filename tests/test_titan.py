@@ -139,7 +139,7 @@ def test_paper_parameter_count_and_official_keys():
 
 def test_profiles_build_the_same_class_narrower():
     paper = TitanConfig.paper()
-    for profile, depth, width in (("small", 2, 256), ("tiny", 1, 64)):
+    for profile, depth, width in (("small", 2, 64), ("tiny", 1, 64)):
         cfg = TitanConfig.for_profile(profile)
         assert (cfg.depth, cfg.embed_dim, cfg.feature_dim) == (depth, width, 768)
         model = TitanSlideEncoder(cfg)

@@ -16,7 +16,7 @@ def test_registry_entry_and_profiles():
     assert (entry.label, entry.modalities, entry.regime) == ("TransMIL", ("wsi",), "supervised")
     assert entry.description.startswith("TransMIL")
     widths = {p: entry.build(ModelContext(feature_dim=8, profile=p)).embed_dim for p in ("tiny", "small", "paper")}
-    assert widths == {"tiny": 64, "small": 128, "paper": 512}
+    assert widths == {"tiny": 64, "small": 64, "paper": 512}
     with pytest.raises(ValueError, match="unknown profile"):
         entry.build(ModelContext(profile="huge"))
 
