@@ -159,7 +159,7 @@ def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
     import lightning as L
 
     from bench.data.dataset import prepare_site
-    from bench.train.loggers import make_loggers
+    from bench.train.loggers import close_loggers, make_loggers
     from bench.train.supervised import configure_determinism
 
     started = time.perf_counter()
@@ -224,7 +224,7 @@ def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
     for logger in loggers:
         for s, t, metrics, _ in results:
             logger.log_metrics({f"{s}/{t}/{k}": v for k, v in metrics.items()})
-        logger.finalize("success")
+    close_loggers(loggers)
     stored_config = {**config.model_dump(mode="json"), "cohort_kind": cohort.kind}
     rows = [ResultRow(run_id=run_id, task=t, model=entry.name, site=s, seed=req.seed, profile=profile.name,
                       cohort=str(cohort.root), cohort_fingerprint=cohort.fingerprint, regime=entry.regime,

@@ -190,3 +190,34 @@ def test_validate_lists_every_problem_and_exits_1(capsys, rcc_copy: Path) -> Non
 
 def test_valid_cohort_validates(capsys, rcc_cohort: Path) -> None:
     assert main(["data", "validate", str(rcc_cohort)]) == 0
+
+
+def test_cohort_without_features_serves_rna_models_and_refuses_wsi_models(capsys, rcc_copy: Path,
+                                                                          tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    shutil.rmtree(rcc_copy / "features")
+    manifest = json.loads((rcc_copy / "cohort.json").read_text())
+    manifest["feature_dim"] = None
+    (rcc_copy / "cohort.json").write_text(json.dumps(manifest))
+    _edit_patients(rcc_copy, lambda df: df.assign(has_wsi="0", slide_ids=""))
+    store = tmp_path / "s.sqlite"
+    assert main(["run", "--model", "snn", "--site", "rcc", "--task", "subtype", "--profile", "tiny", "--cohort",
+                 str(rcc_copy), "--store", str(store), "--wandb", "disabled", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "ran"
+    code, err = _run(capsys, rcc_copy, store, "abmil")
+    assert code == 2 and "reads WSI patch features" in err and "--features-root" in err
+    assert _rows(store) == 1
+
+
+def test_text_prompts_command(capsys, rcc_cohort: Path) -> None:
+    import json
+
+    case = pd.read_csv(rcc_cohort / "patients.csv", dtype=str).iloc[0]["case_id"]
+    assert main(["text", "prompts", "--cohort", str(rcc_cohort), "--case", case, "--json"]) == 0
+    prompts = json.loads(capsys.readouterr().out)
+    assert set(prompts) == {"general", "diagnosis", "stage", "survival"}
+    assert prompts["diagnosis"].startswith("Cancer location: kidney;")
+    assert main(["text", "prompts", "--cohort", str(rcc_cohort), "--case", "TCGA-XX-9999", "--json"]) == 2
+    assert "TCGA-XX-9999" in capsys.readouterr().err

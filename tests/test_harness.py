@@ -71,15 +71,18 @@ def test_rna_model_excludes_patients_without_rna(capsys, tiny_cohort: Path) -> N
     assert out["n_train"] + out["n_val"] + out["n_test"] + out["n_excluded"] == len(brca)
 
 
-def test_loggers_write_csv_and_offline_wandb(capsys, rcc_cohort: Path, tmp_path: Path) -> None:
-    code, out = run_json(capsys, "run", "--model", "snn", "--site", "rcc", "--task", "subtype", "--profile", "tiny",
-                         "--cohort", str(rcc_cohort), "--wandb", "offline", "--json")
-    assert code == 0
-    run_dirs = list((tmp_path / "runs" / "snn").iterdir())
-    assert len(run_dirs) == 1
-    metrics_csv = run_dirs[0] / "csv" / "metrics.csv"
-    assert metrics_csv.is_file() and "val_metric" in metrics_csv.read_text()
-    assert list(run_dirs[0].glob("wandb/offline-run-*")), "W&B offline run directory missing"
+def test_loggers_write_csv_and_one_offline_wandb_run_per_run(capsys, rcc_cohort: Path, tmp_path: Path) -> None:
+    ids = []
+    for seed in ("0", "1"):  # two runs in one process (as a grid worker does) must not share a W&B run
+        code, out = run_json(capsys, "run", "--model", "snn", "--site", "rcc", "--task", "subtype", "--profile",
+                             "tiny", "--seed", seed, "--cohort", str(rcc_cohort), "--wandb", "offline", "--json")
+        assert code == 0
+        ids.append(out["run_id"])
+    for run_id in ids:
+        (run_dir,) = (tmp_path / "runs" / "snn").glob(f"*-{run_id}")
+        metrics_csv = run_dir / "csv" / "metrics.csv"
+        assert metrics_csv.is_file() and "val_metric" in metrics_csv.read_text()
+        assert list(run_dir.glob(f"wandb/offline-run-*-{run_id}")), f"W&B offline run of {run_id} missing"
 
 
 def test_c_index_sign_on_known_case() -> None:

@@ -67,3 +67,10 @@ def test_tuned_slide_encoder_rows_run(capsys, model: str, rcc_cohort: Path) -> N
     code, out = _json(capsys, "run", "--model", model, "--site", "rcc", "--task", "survival", "--profile", "tiny",
                       "--cohort", str(rcc_cohort), "--wandb", "disabled", "--json")
     assert code == 0 and out["status"] == "ran" and 0.0 <= out["metrics"]["test_c_index"] <= 1.0
+
+
+@pytest.mark.parametrize("model", ["titan_lp", "titan_tuned", "titan_cat", "titan_kp"])
+def test_titan_rows_run(capsys, model: str, rcc_cohort: Path) -> None:
+    code, out = _json(capsys, "run", "--model", model, "--site", "rcc", "--task", "subtype", "--profile", "tiny",
+                      "--cohort", str(rcc_cohort), "--wandb", "disabled", "--json")
+    assert code == 0 and 0.0 <= out["metrics"]["test_balanced_accuracy"] <= 1.0

@@ -10,6 +10,7 @@ from torch import nn
 from baselines.survpath import PathwayHistologyAttention, SurvPath, survpath
 from models.base import ModelContext, count_parameters
 from models.registry import registered
+from helpers import assert_padding_invariant
 
 N_GENES, N_PATHWAYS = 48, 8
 
@@ -103,20 +104,7 @@ def test_output_shapes(n_patches):
 def test_padding_and_mask_invariance():
     torch.manual_seed(0)
     model = SurvPath(feature_dim=16, pathways=_membership(), n_outputs=4).eval()
-    short, long = torch.randn(5, 16), torch.randn(13, 16)
-    rna = torch.randn(2, N_GENES)
-    padded = torch.full((2, 13, 16), 50.0)  # loud padding: any leak would move the output
-    padded[0, :5], padded[1] = short, long
-    mask = torch.zeros(2, 13, dtype=torch.bool)
-    mask[0, :5], mask[1] = True, True
-
-    together = model({"features": padded, "mask": mask, "rna": rna})
-    alone = torch.cat([
-        model({"features": short[None], "rna": rna[:1]}),
-        model({"features": long[None], "rna": rna[1:]}),
-    ])
-    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
-
+    assert_padding_invariant(model, 16, {"rna": torch.randn(2, N_GENES)})
 
 
 def test_empty_bag_is_rejected():

@@ -92,25 +92,26 @@ class DistillModule(L.LightningModule):
 
 
 class ProbeSelection(L.Callback):
-    """After each epoch: embed every patient, score a subtype probe on validation, keep the best epoch."""
+    """After each epoch: embed the training and validation patients, score a subtype probe on validation,
+    keep the best epoch's weights (its test embeddings are computed once, after training)."""
 
     def __init__(self, sites: dict[str, SiteData]):
         self.sites = sites
         self.best_score = -math.inf
         self.best_epoch = -1
-        self.best_embeddings: dict[str, dict[str, np.ndarray]] = {}
         self.history: list[float] = []
         self.best_state: dict[str, torch.Tensor] = {}
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: DistillModule) -> None:
-        embeddings = {site: {split: embed(module.model, ds, module.device) for split, ds in data.splits.items()}
+        embeddings = {site: {split: embed(module.model, data.splits[split], module.device) for split in ("train", "val")}
                       for site, data in self.sites.items()}
-        scores = [probe_subtype(embeddings[site], data)["val_balanced_accuracy"] for site, data in self.sites.items()]
+        scores = [probe_subtype(embeddings[site], data, splits=("val",))["val_balanced_accuracy"]
+                  for site, data in self.sites.items()]
         score = float(np.nanmean(scores))
         self.history.append(score)
         module.log("val_metric", score)
         if score > self.best_score:
-            self.best_score, self.best_epoch, self.best_embeddings = score, trainer.current_epoch, embeddings
+            self.best_score, self.best_epoch = score, trainer.current_epoch
             self.best_state = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
         module.model.train()
 
@@ -145,13 +146,8 @@ def train_distill(model: torch.nn.Module, projector: torch.nn.Module, sites: dic
         precision=precision or ("bf16-mixed" if torch.cuda.is_available() else "32-true"),
     )
     trainer.fit(module, loader)
-    metrics: dict[str, dict[str, dict[str, float]]] = {}
-    for site, data in sites.items():
-        x = selection.best_embeddings[site]
-        metrics[site] = {"subtype": probe_subtype(x, data), "survival": probe_survival(x, data)}
-    if deploy:
-        model.load_state_dict(selection.best_state)
-        metrics.update(deploy_and_probe(model, deploy))
+    model.load_state_dict(selection.best_state)
+    metrics = deploy_and_probe(model, {**sites, **(deploy or {})})
     return DistillOutcome(metrics=metrics, best_epoch=selection.best_epoch, val_history=selection.history)
 
 

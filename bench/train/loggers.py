@@ -28,3 +28,11 @@ def make_loggers(run_dir: Path, run_id: str, config: dict[str, Any], wandb_mode:
     for logger in loggers:
         logger.log_hyperparams(config)
     return loggers
+
+
+def close_loggers(loggers: list) -> None:
+    """Finalise every logger; a W&B run is finished so that the next run of this process starts its own."""
+    for logger in loggers:
+        logger.finalize("success")
+        if type(logger).__name__ == "WandbLogger" and getattr(logger, "_experiment", None) is not None:
+            logger.experiment.finish()
