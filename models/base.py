@@ -35,6 +35,7 @@ Every model honours ``mask``: a padded and masked bag gives the same output as t
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -75,14 +76,15 @@ class ModelContext:
         return int(self.pathways.shape[1])
 
 
-class BenchModel(nn.Module):
+class BenchModel(nn.Module, ABC):
     """Base class: subclasses implement ``forward_features`` and set ``self.head``."""
 
     modalities: ClassVar[tuple[str, ...]] = ()
     head: nn.Module
 
+    @abstractmethod
     def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must implement forward_features")
+        """The patient embedding ``[B, E]``."""
 
     def forward_head(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.head(embedding)

@@ -25,6 +25,7 @@ output LayerNorm, no final ``norm``); :class:`TitanBackbone` (:mod:`models.titan
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +52,7 @@ class EncodedBag:
         return None if self.token_mask is None else self.token_mask[:, 1:]
 
 
-class SlideBackbone(nn.Module):
+class SlideBackbone(nn.Module, ABC):
     """A slide encoder seen as embed -> layers -> slide embedding (see the module docstring)."""
 
     def __init__(self, encoder: nn.Module) -> None:
@@ -70,14 +71,17 @@ class SlideBackbone(nn.Module):
     def depth(self) -> int:
         return len(self.layers)
 
+    @abstractmethod
     def embed(self, features: torch.Tensor, coords: torch.Tensor, mask: torch.Tensor | None) -> EncodedBag:
-        raise NotImplementedError(f"{type(self).__name__} must implement embed")
+        """Input tokens, layer context and token mask of a batch of bags."""
 
+    @abstractmethod
     def repeat(self, bag: EncodedBag, n: int) -> EncodedBag:
-        raise NotImplementedError(f"{type(self).__name__} must implement repeat")
+        """The bags repeated ``n`` times along the batch (one copy per task prompt)."""
 
+    @abstractmethod
     def slide_embedding(self, tokens: torch.Tensor, bag: EncodedBag) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must implement slide_embedding")
+        """The slide embedding ``[B, D]`` from final tokens, as the encoder defines it."""
 
     def run_layer(self, index: int, tokens: torch.Tensor, context: Any) -> torch.Tensor:
         """Encoder layer ``index`` on ``tokens [B, 1 + L, D]``."""
