@@ -1,7 +1,8 @@
 """Render a paper table from the results store and the published figures, side by side.
 
 Each cell is ours ``mean ± std`` over seeds beside the paper's published value; "—" where we have
-not run it, "n/a" where the paper publishes none. "Overall" is the mean over the table's sites of
+not run it, "n/a" where the paper publishes none, "NaN" where a run's metric was not computable
+(e.g. a test split without comparable survival pairs). "Overall" is the mean over the table's sites of
 the per-site means (shown only when every site is present), as in the paper.
 """
 
@@ -42,8 +43,10 @@ class Stat:
 
 
 def _fmt(stat: Stat | None, empty: str) -> str:
-    if stat is None or stat.mean is None or (isinstance(stat.mean, float) and math.isnan(stat.mean)):
+    if stat is None or stat.mean is None:
         return empty
+    if math.isnan(stat.mean):  # run, but the metric was not computable (e.g. no comparable pairs)
+        return "NaN"
     if stat.std is None:
         return f"{stat.mean:.3f}"
     return f"{stat.mean:.3f} ± {stat.std:.3f}"
@@ -106,7 +109,8 @@ def render(rows: Sequence[TableRow], sites: Sequence[str], results: list[Any], *
         parts.append(f"## {title}\n")
         parts.extend(f"> {line}" for line in header_lines)
         parts.append("")
-        parts.append("Each cell: ours (mean ± std over seeds) / paper. — = not run here; n/a = no published value.\n")
+        parts.append("Each cell: ours (mean ± std over seeds) / paper. — = not run here; n/a = no published value; "
+                     "NaN = run, metric not computable.\n")
     else:
         parts.append(f"% {title}")
         parts.extend(f"% {line}" for line in header_lines)

@@ -137,3 +137,11 @@ def test_grid_rejects_bad_seed_list() -> None:
 def test_grid_rejects_unknown_model(capsys) -> None:
     assert main(["grid", "table2", "--profile", "tiny", "--models", "abmil,nonsense"]) == 2
     assert "unknown model 'nonsense'" in capsys.readouterr().err
+
+
+def test_a_metric_that_could_not_be_computed_is_not_shown_as_not_run() -> None:
+    rows = [TableRow("abmil", "ABMIL", True)]
+    md = render(rows, ["RCC"], [_row("abmil", "RCC", "survival", 0, float("nan"))], table_key="table2", title="T",
+                fmt="md", overall=False)
+    survival_line = [line for line in md.splitlines() if line.startswith("| ABMIL")][1]
+    assert "NaN / " in survival_line and "— /" not in survival_line
