@@ -8,7 +8,6 @@ parameter counts at the paper configuration and at a profile's configuration.
 from __future__ import annotations
 
 import importlib
-import logging
 import pkgutil
 from functools import lru_cache
 from typing import Any
@@ -19,7 +18,6 @@ from bench.errors import unknown_name
 from models.base import ModelContext, count_parameters
 from models.registry import ModelEntry, registered
 
-log = logging.getLogger(__name__)
 _FAMILY_PACKAGES = ("models", "baselines", "ablations")
 
 
@@ -65,11 +63,7 @@ def paper_context(entry: ModelEntry, n_outputs: int = 4) -> ModelContext:
 
 def params_paper(entry: ModelEntry) -> dict[str, int]:
     """``{"all", "trainable"}`` parameter counts at the paper configuration (4 outputs)."""
-    ctx = paper_context(entry)
-    try:  # meta tensors: no memory, no initialisation cost
-        with torch.device("meta"):
-            model = entry.build(ctx)
-    except (RuntimeError, NotImplementedError, TypeError) as err:
-        log.debug("building %s on meta failed (%s); building on CPU", entry.name, err)
+    ctx = paper_context(entry)  # resolved on the CPU: its lazy facts (pathway memberships) are real data
+    with torch.device("meta"):  # meta tensors: no memory, no initialisation cost
         model = entry.build(ctx)
     return {"all": count_parameters(model), "trainable": count_parameters(model, trainable_only=True)}

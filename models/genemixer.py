@@ -85,7 +85,8 @@ class PathwaySNN(nn.Module):
 
     def __init__(self, pathways: torch.Tensor, dim: int, dropout: float) -> None:
         super().__init__()
-        membership = torch.as_tensor(pathways).bool()
+        # Structure is computed on the CPU, also under a ``torch.device("meta")`` context.
+        membership = torch.as_tensor(pathways, device="cpu").bool()
         if membership.ndim != 2:
             raise ValueError(f"pathways must be a bool [G, P] membership, got shape {tuple(membership.shape)}")
         self.n_genes, self.n_pathways = (int(s) for s in membership.shape)

@@ -92,18 +92,7 @@ def build_modaltune(ctx: ModelContext, encoder: str = "gigapath", **overrides: o
     overrides.setdefault("checkpoint_encoder", bool(ctx.extra.get("checkpoint_encoder", False)))
     config = ModalTuneConfig.for_encoder(encoder, ctx.profile, **overrides)
     mixer_config = replace(GeneMixerConfig.for_profile(ctx.profile), out_dim=backbone.embed_dim, pool_norm=False)
-    return ModalTune(backbone, _gene_mixer(ctx.pathways, mixer_config), config, ctx.n_outputs)
-
-
-def _gene_mixer(pathways: torch.Tensor, config: GeneMixerConfig) -> GeneMixer:
-    """The Gene Mixer over ``pathways``. Its pathway index needs ``nonzero`` on real data, which the
-    meta device cannot run, so under a ``torch.device("meta")`` context it is built on the CPU and
-    then moved to meta (parameter counts at the paper configuration stay cheap)."""
-    if torch.get_default_device().type != "meta":
-        return GeneMixer(pathways, config)
-    with torch.device("cpu"):
-        mixer = GeneMixer(pathways.cpu(), config)
-    return mixer.to("meta")
+    return ModalTune(backbone, GeneMixer(ctx.pathways, mixer_config), config, ctx.n_outputs)
 
 
 _REGISTRATION = {"modalities": ("wsi", "rna"), "tasks": ("multitask",), "regime": "text_distill"}
