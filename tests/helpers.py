@@ -19,3 +19,12 @@ def assert_padding_invariant(model: torch.nn.Module, feature_dim: int, extra: di
         model({"features": long[None], **{k: v[1:] for k, v in extra.items()}}),
     ])
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+
+
+def assert_empty_bag_rejected(model: torch.nn.Module, feature_dim: int, extra: dict[str, torch.Tensor]) -> None:
+    """A batch whose second bag has no real patch raises a ValueError naming it."""
+    import pytest
+
+    batch = {"features": torch.randn(2, 4, feature_dim), "mask": torch.tensor([[True] * 4, [False] * 4]), **extra}
+    with pytest.raises(ValueError, match="no real patch"):
+        model(batch)

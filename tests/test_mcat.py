@@ -10,7 +10,7 @@ from torch import nn
 from baselines.mcat import MCAT, GeneGroupSNN, GenomicCoAttention, mcat
 from models.base import ModelContext, count_parameters
 from models.registry import registered
-from helpers import assert_padding_invariant
+from helpers import assert_empty_bag_rejected, assert_padding_invariant
 
 N_GENES = 40
 FAMILIES = ((0, 1, 2, 3), (4, 5, 6, 7, 8, 9), (2, 10, 11, 12, 13), (14, 15, 16, 17, 18, 19, 20, 21),
@@ -128,14 +128,7 @@ def test_padding_and_mask_invariance():
 
 
 def test_empty_bag_is_rejected():
-    model = MCAT(feature_dim=8, families=FAMILIES, n_genes=N_GENES, n_outputs=2, dim=16)
-    batch = {
-        "features": torch.randn(2, 4, 8),
-        "mask": torch.tensor([[True] * 4, [False] * 4]),
-        "rna": torch.randn(2, N_GENES),
-    }
-    with pytest.raises(ValueError, match="no real patch"):
-        model(batch)
+    assert_empty_bag_rejected(MCAT(feature_dim=8, families=FAMILIES, n_genes=N_GENES, n_outputs=2, dim=16), 8, {"rna": torch.randn(2, N_GENES)})
 
 
 def test_builder_profiles_and_missing_families():

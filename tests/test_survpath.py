@@ -10,7 +10,7 @@ from torch import nn
 from baselines.survpath import PathwayHistologyAttention, SurvPath, survpath
 from models.base import ModelContext, count_parameters
 from models.registry import registered
-from helpers import assert_padding_invariant
+from helpers import assert_empty_bag_rejected, assert_padding_invariant
 
 N_GENES, N_PATHWAYS = 48, 8
 
@@ -108,14 +108,7 @@ def test_padding_and_mask_invariance():
 
 
 def test_empty_bag_is_rejected():
-    model = SurvPath(feature_dim=8, pathways=_membership(), n_outputs=2, dim=16)
-    batch = {
-        "features": torch.randn(2, 4, 8),
-        "mask": torch.tensor([[True] * 4, [False] * 4]),
-        "rna": torch.randn(2, N_GENES),
-    }
-    with pytest.raises(ValueError, match="no real patch"):
-        model(batch)
+    assert_empty_bag_rejected(SurvPath(feature_dim=8, pathways=_membership(), n_outputs=2, dim=16), 8, {"rna": torch.randn(2, N_GENES)})
 
 
 def test_builder_profiles_and_checks():

@@ -304,16 +304,6 @@ class Cohort:
         return np.stack([clinical_vector(r) for _, r in rows.iterrows()]) if len(rows) else np.zeros((0, 5), np.float32)
 
     # ------------------------------------------------------------------ features
-    def slide_path(self, slide_id: str) -> Path:
-        """The feature file of ``slide_id`` (``.h5`` preferred, then ``.pt``); raises if neither exists."""
-        base = self.root / fmt.FEATURES_DIR
-        for suffix in (".h5", ".pt"):
-            path = base / f"{slide_id}{suffix}"
-            if path.exists():
-                return path
-        raise BenchError(f"{base / (slide_id + '.h5')}: feature file of slide {slide_id} is missing "
-                         f"(nor is there a .pt); extract its features or set has_wsi = 0 for its patient")
-
     def require_wsi(self, model: str) -> None:
         """Refuse a WSI model on a cohort imported without patch features."""
         if not self.feature_dim or int(self.patients["has_wsi"].sum()) == 0:
@@ -341,7 +331,7 @@ class Cohort:
 
     def validate(self) -> list[str]:
         """Every problem a run could hit (tables, RNA, pathways, families, every feature file)."""
-        from bench.data.features import check_feature_file
+        from bench.data.features import check_feature_file, slide_path
 
         problems: list[str] = []
         for attr in ("rna", "pathways", "families"):
@@ -354,9 +344,9 @@ class Cohort:
             slides = [s for s in str(row["slide_ids"]).split(";") if s]
             for slide in slides:
                 try:
-                    path = self.slide_path(slide)
-                except BenchError as err:
-                    problems.append(f"patient {row['case_id']}: {err}")
+                    path = slide_path(self.root, row["case_id"], slide)
+                except BenchError as err:  # its message already names the patient
+                    problems.append(str(err))
                     continue
                 problems.extend(f"patient {row['case_id']}: {p}" for p in check_feature_file(path, dim))
         return problems

@@ -137,11 +137,8 @@ class BagStore:
         """Copy every slide of every bag into one memory-mapped array, checking each file."""
         from tqdm.auto import tqdm
 
-        slides = [(case, sid, _slide_path(root, case, sid)) for case, sids in bags for sid in sids]
-        sizes = {}
-        for case, sid, path in slides:
-            sizes[sid] = _slide_len(path, case)
-        total = sum(sizes.values())
+        paths = {sid: slide_path(root, case, sid) for case, sids in bags for sid in sids}
+        total = sum(_slide_len(paths[sid], case) for case, sids in bags for sid in sids)
         tmp_feats = feats_path.with_name(f".{feats_path.name}.{os.getpid()}.tmp")
         tmp_coords = coords_path.with_name(f".{coords_path.name}.{os.getpid()}.tmp")
         try:
@@ -153,7 +150,7 @@ class BagStore:
             for case, sids in progress:
                 start, x_shift = cursor, 0.0
                 for sid in sids:
-                    path = _slide_path(root, case, sid)
+                    path = paths[sid]
                     feats, coords = read_feature_file(path)
                     problems = feature_problems(path, feats, coords, self.dim)
                     if problems:
@@ -178,7 +175,8 @@ class BagStore:
                     tmp.unlink()
 
 
-def _slide_path(root: Path, case: str, slide_id: str) -> Path:
+def slide_path(root: Path, case: str, slide_id: str) -> Path:
+    """The feature file of one slide of patient ``case``: ``features/<slide>.h5``, else ``.pt``."""
     base = root / fmt.FEATURES_DIR
     for suffix in (".h5", ".pt"):
         path = base / f"{slide_id}{suffix}"
