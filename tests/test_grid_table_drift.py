@@ -145,3 +145,19 @@ def test_a_metric_that_could_not_be_computed_is_not_shown_as_not_run() -> None:
                 fmt="md", overall=False)
     survival_line = [line for line in md.splitlines() if line.startswith("| ABMIL")][1]
     assert "NaN / " in survival_line and "— /" not in survival_line
+
+
+def test_drift_grid_covers_every_regime_and_both_fusion_heads() -> None:
+    from bench.drift import DRIFT_RUNS
+    from bench.registry import all_models, get_model
+
+    regimes = {entry.regime for entry in all_models().values()}
+    covered = {get_model(model).regime for model, _, _ in DRIFT_RUNS}
+    assert covered == regimes, f"regimes without a drift run: {sorted(regimes - covered)}"
+    models = {model for model, _, _ in DRIFT_RUNS}
+    assert {"abmil_cat", "abmil_kp"} <= models
+    recorded = json.loads((REPO / "tests" / "drift" / "expected.json").read_text())["metrics"]
+    for model, site, task in DRIFT_RUNS:
+        tasks = ("subtype", "survival") if task == "multitask" else (task,)
+        assert any(key.startswith(f"{model}/{site}/{t}/") for t in tasks for key in recorded), \
+            f"{model} {site} {task} is in the drift grid but not recorded; run `make drift-record`"
