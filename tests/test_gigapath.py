@@ -448,7 +448,7 @@ def test_initialisation_follows_the_reference():
 
 
 def test_attention_score_pairs_counts_segments_slots_and_sink():
-    from models.gigapath_perf import attention_score_pairs
+    from bench.perf.gigapath import attention_score_pairs
 
     assert attention_score_pairs(100, 4, (128,), (1,)) == 4 * 100 * 101  # one full segment
     # 1025 tokens, segment 1024: two segments of 1024 slots (the second zero-padded)

@@ -2,7 +2,7 @@
 
 :func:`scaling_benchmark` times a slide encoder's forward pass over bags of growing size, each in a
 fresh spawned process so that every peak RSS belongs to one bag size; the encoder modules
-(:mod:`models.gigapath_perf`, :mod:`models.titan_perf`) supply the construction and forward
+(:mod:`bench.perf.gigapath`, :mod:`bench.perf.titan`) supply the construction and forward
 workers.
 """
 

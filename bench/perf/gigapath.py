@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from models.encoder_perf import peak_rss_mb, scaling_benchmark
+from bench.perf.measure import peak_rss_mb, scaling_benchmark
 from models.gigapath import GigaPathConfig, GigaPathSlideEncoder
 
 __all__ = ["attention_score_pairs", "benchmark"]

@@ -4,7 +4,7 @@ Measures, at the paper width (768, 12 heads, MLP 3072, 8-head poolers) and a cho
 forward time (median of ``repeats`` inference-mode passes over one bag) and the peak resident memory
 for each bag size, plus the construction time of the full 6-layer paper model.  Each measurement
 runs in a fresh spawned process, so every peak RSS belongs to one bag size.  Same output layout as
-:mod:`models.gigapath_perf`.
+:mod:`bench.perf.gigapath`.
 
 TITAN's attention is full self-attention over all ``1 + L`` tokens with a dense 2-D ALiBi bias, so
 time grows quadratically in the bag size once attention dominates the linear layers.  The reference
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from models.encoder_perf import peak_rss_mb, scaling_benchmark
+from bench.perf.measure import peak_rss_mb, scaling_benchmark
 from models.titan import TitanConfig, TitanSlideEncoder
 
 __all__ = ["benchmark"]
