@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
+from bench.cli import main
 from bench.data import format as fmt
 from bench.data.importers import CohortImportError, import_modaltune
 
@@ -249,6 +250,7 @@ def test_without_optional_inputs(release):
     assert set(patients["has_rna"]) == {"0"} and set(patients["has_wsi"]) == {"0"}
     assert patients.loc["TCGA-BB-0001", "slide_ids"] == "TCGA-BB-0001-01Z-00-DX1"
     assert report.sites["RCC"].with_rna == 0 and report.feature_dim is None
+    assert "rna_duplicates" not in manifest["provenance"]  # no --rna, nothing to resolve
 
 
 def test_several_rna_files_suffixes_and_sample_barcodes(release, tmp_path):
@@ -333,6 +335,7 @@ def _foreign_out(release):
     (_foreign_out, {}, ["cohort", "neither empty nor a cohort"]),
     (lambda r: None, {"sites": ["brca", "pancancer"]}, ["unknown site 'pancancer'", "brca, gbmlgg, nsclc, rcc"]),
     (lambda r: None, {"sites": ["blca"]}, ["no folder tcga_blca", "tcga_brca"]),
+    (lambda r: None, {"rna_duplicates": "last"}, ["unknown rna_duplicates policy 'last'", "error, mean, first"]),
 ])
 def test_errors_name_file_patient_and_field(release, mutate, kwargs, fragments):
     mutate(release)
@@ -343,3 +346,115 @@ def test_errors_name_file_patient_and_field(release, mutate, kwargs, fragments):
     assert not release["out"].exists() or (release["out"] / "notes.txt").exists()
     assert [p for p in release["out"].parent.iterdir() if p.name.startswith(".cohort")] == []
 
+
+
+# ---------------------------------------------------------------------------------------------- repeated RNA rows
+DUP_GENES = ["GA", "GB", "GC"]  # the cohort's genes (GX has no pathway)
+
+
+def _duplicate_rna_rows(release) -> pd.DataFrame:
+    """Rewrite rna_clean.csv (unnamed id column) with repeated patients, as SurvPath's COADREAD file has.
+
+    TCGA-AA-0001: its row, then a different one 2 rows later (file lines 2 and 4); TCGA-BB-0002: three
+    different rows, the first being a new one; TCGA-AA-0003: repeated with identical values at the end.
+    Returns the rows as written (index = barcode, repeats included).
+    """
+    df = pd.read_csv(release["rna"], index_col=0)
+    def row(values, barcode):
+        return pd.DataFrame([values], index=[barcode], columns=df.columns)
+    rows = pd.concat([df.loc[["TCGA-AA-0001", "TCGA-AA-0002"]], row([1.0, 2.0, 3.0, 4.0], "TCGA-AA-0001"),
+                      df.loc[["TCGA-AA-0003", "TCGA-AA-0005", "TCGA-ZZ-9999", "TCGA-BB-0001"]],
+                      row([10.0, 20.0, 30.0, 40.0], "TCGA-BB-0002"), df.loc[["TCGA-BB-0002"]],
+                      row([5.0, 5.0, 5.0, 5.0], "TCGA-BB-0002"), df.loc[["TCGA-BB-0003", "TCGA-AA-0003"]]])
+    rows.to_csv(release["rna"])
+    return rows
+
+
+def _imported_rna(release) -> pd.DataFrame:
+    return pd.read_parquet(release["out"] / fmt.RNA).set_index("case_id")
+
+
+def _cli_import(release, *extra: str) -> int:
+    return main(["data", "import", "modaltune", "--splits", str(release["splits"]), "--out", str(release["out"]),
+                 "--rna", str(release["rna"]), "--pathways", str(release["pathways"]), *extra])
+
+
+def test_repeated_rna_rows_are_all_named_in_one_error(release, capsys):
+    _duplicate_rna_rows(release)
+    with pytest.raises(CohortImportError) as err:
+        full_import(release)
+    message = str(err.value)
+    for fragment in ("rna_clean.csv", "3 patients have more than one expression row",
+                     "TCGA-AA-0001 (2 rows; lines 2, 4)", "TCGA-BB-0002 (3 rows; lines 9, 10, 11)",
+                     "TCGA-AA-0003 (2 rows, identical; lines 5, 13)", "--rna-duplicates mean",
+                     "--rna-duplicates first"):
+        assert fragment in message, (fragment, message)
+    assert not release["out"].exists()
+
+    capsys.readouterr()
+    assert _cli_import(release) == 2
+    stderr = capsys.readouterr().err
+    assert "TCGA-AA-0001 (2 rows" in stderr and "TCGA-BB-0002 (3 rows" in stderr and "Traceback" not in stderr
+    assert not release["out"].exists()
+
+
+def test_rna_duplicates_mean_averages_and_records_the_patients(release, capsys):
+    rows = _duplicate_rna_rows(release)
+    assert _cli_import(release, "--rna-duplicates", "mean", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    rna = _imported_rna(release)
+    for barcode in ("TCGA-AA-0001", "TCGA-BB-0002"):
+        expected = rows.loc[[barcode], DUP_GENES].to_numpy().mean(axis=0)
+        np.testing.assert_allclose(rna.loc[barcode, DUP_GENES].to_numpy(), expected, rtol=1e-6)
+    assert rna.loc["TCGA-AA-0001", "GA"] == pytest.approx((0.0 + 1.0) / 2)  # the fixture's row is arange / 7
+    np.testing.assert_allclose(rna.loc["TCGA-AA-0003", DUP_GENES].to_numpy(),
+                               rows.loc[["TCGA-AA-0003"], DUP_GENES].to_numpy()[0], rtol=1e-6)
+    assert rna.index.is_unique
+
+    notes = "\n".join(report["notes"])
+    for fragment in ("3 patients with several expression rows averaged per gene (--rna-duplicates mean)",
+                     "TCGA-AA-0001 (2 rows", "TCGA-BB-0002 (3 rows", "TCGA-AA-0003 (2 rows, identical"):
+        assert fragment in notes, (fragment, notes)
+    manifest = json.loads((release["out"] / fmt.MANIFEST).read_text())
+    assert manifest["provenance"]["rna_duplicates"] == {
+        "policy": "mean",
+        "files": {str(release["rna"].resolve()): {"TCGA-AA-0001": 2, "TCGA-AA-0003": 2, "TCGA-BB-0002": 3}}}
+
+
+def test_rna_duplicates_first_keeps_the_first_row_in_file_order(release):
+    rows = _duplicate_rna_rows(release)
+    report = full_import(release, rna_duplicates="first", features_root=None)
+    rna = _imported_rna(release)
+    np.testing.assert_allclose(rna.loc["TCGA-AA-0001", DUP_GENES].to_numpy(),
+                               rows.iloc[0][DUP_GENES].to_numpy(), rtol=1e-6)  # the fixture's row came first
+    assert rows.index[7] == "TCGA-BB-0002" and rows.iloc[7][DUP_GENES].tolist() == [10.0, 20.0, 40.0]
+    assert rna.loc["TCGA-BB-0002", DUP_GENES].tolist() == [10.0, 20.0, 40.0]  # the new row, first in file order
+    assert rna.index.is_unique
+    notes = "\n".join(report.notes)
+    assert "3 patients with several expression rows reduced to the first row in file order" in notes
+    assert "TCGA-BB-0002 (3 rows; lines 9, 10, 11)" in report.summary()
+    manifest = json.loads((release["out"] / fmt.MANIFEST).read_text())
+    assert manifest["provenance"]["rna_duplicates"]["policy"] == "first"
+    assert manifest["provenance"]["rna_duplicates"]["files"][str(release["rna"].resolve())]["TCGA-BB-0002"] == 3
+
+
+def test_clean_rna_records_the_policy_and_no_patient(release):
+    full_import(release, features_root=None)
+    manifest = json.loads((release["out"] / fmt.MANIFEST).read_text())
+    assert manifest["provenance"]["rna_duplicates"] == {"policy": "error", "files": {}}
+
+
+def test_patient_in_two_rna_files_is_an_error_under_every_policy(release, tmp_path):
+    extra = pd.DataFrame([[1.0, 2.0, 3.0, 4.0]] * 3, columns=["GA", "GB", "GC", "GX"],
+                         index=["TCGA-AA-0001", "TCGA-AA-0006", "TCGA-BB-0003"])
+    extra.to_csv(tmp_path / "extra.csv")
+    for policy in ("error", "mean", "first"):
+        with pytest.raises(CohortImportError) as err:
+            full_import(release, rna_csvs=[release["rna"], tmp_path / "extra.csv"], rna_duplicates=policy,
+                        features_root=None)
+        message = str(err.value)
+        assert "2 patients have expression rows in more than one --rna file" in message
+        for barcode in ("TCGA-AA-0001", "TCGA-BB-0003"):
+            assert f"{barcode} ({release['rna']} and {tmp_path / 'extra.csv'})" in message, message
+        assert "TCGA-AA-0006" not in message
+        assert not release["out"].exists()

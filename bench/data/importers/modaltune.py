@@ -15,7 +15,9 @@ taken from either repository):
 - SurvPath (Jaume et al., CVPR 2024), github.com/mahmoodlab/SurvPath:
   ``datasets_csv/raw_rna_data/<kind>/<site>/rna_clean.csv`` — an unnamed first column holding the
   12-character TCGA patient barcode, then one float column per gene (read there with
-  ``index_col=0``); ModalTune's own expression CSVs name that first column ``case_id``.
+  ``index_col=0``); ModalTune's own expression CSVs name that first column ``case_id``. Some
+  files hold a barcode on several rows (the COADREAD one does, with different values), so repeated
+  rows are resolved only by an explicit policy (``--rna-duplicates``) and recorded.
   ``datasets_csv/pathway_compositions/combine_comps.csv`` — column ``gene`` then 331 pathway columns
   of 0/1 (the same layout as ModalTune's ``dataset/gene_pathway_processed_v2.csv``).
 - MCAT (Chen et al., ICCV 2021), github.com/mahmoodlab/MCAT, ``signatures.csv``: the six gene
@@ -62,6 +64,8 @@ EXTRA_COLUMNS = ("case_uuid",)
 RNA_SUFFIX = "_rnaseq"  # MCAT-style expression column suffix ("TP53_rnaseq")
 FEATURE_SUFFIXES = (".h5", ".pt")
 MANIFEST_NAME = "modaltune-release"
+# How repeated patient rows inside one --rna file are handled: refuse, average per gene, keep the first.
+RNA_DUPLICATE_POLICIES = ("error", "mean", "first")
 
 # Record fields describing the patient rather than the slide: every slide record of a patient agrees.
 TEXT_FIELDS = ("primary_diagnosis", "ajcc_pathologic_stage", "ajcc_pathologic_t", "ajcc_pathologic_n",
@@ -326,12 +330,14 @@ def _site_bins(site: str, patients: pd.DataFrame, notes: list[str]) -> list[floa
 
 
 # ---------------------------------------------------------------------------------------------- RNA
-def _read_rna_csv(path: Path, notes: list[str]) -> pd.DataFrame:
-    """One expression CSV as float32 ``[patients, genes]`` indexed by TCGA patient barcode.
+def _read_rna_csv(path: Path, notes: list[str], duplicates: str = "error") -> tuple[pd.DataFrame, dict[str, int]]:
+    """One expression CSV as float32 ``[patients, genes]`` indexed by TCGA patient barcode, plus the
+    patients that had several rows (``{barcode: n_rows}``, file order).
 
     The id column is ``case_id`` if present, else the first column (SurvPath leaves its header
     empty). Gene columns lose a trailing ``_rnaseq``; sample barcodes (``TCGA-AB-1234-01``) are cut
-    to the patient barcode. Duplicate genes or patients, non-numeric and empty cells are errors.
+    to the patient barcode. Duplicate genes, non-numeric and empty cells are errors; patients with
+    several rows are resolved by ``duplicates`` (see :func:`_resolve_rna_duplicates`).
     """
     if not path.is_file():
         raise CohortImportError(f"{path}: expression CSV not found (--rna)")
@@ -361,10 +367,6 @@ def _read_rna_csv(path: Path, notes: list[str]) -> pd.DataFrame:
     if cut:
         notes.append(f"{path}: {cut} sample barcodes cut to the 12-character patient barcode (e.g. "
                      f"{ids[patients != ids].iloc[0]} -> {patients[patients != ids].iloc[0]})")
-    repeated = patients[patients.duplicated()]
-    if len(repeated):
-        raise CohortImportError(f"{path}: patient {repeated.iloc[0]} has more than one row; keep one expression row "
-                                "per patient (e.g. the primary tumour sample)")
     raw = df.drop(columns=df.columns[id_pos])
     raw.columns = genes
     raw.index = pd.Index(patients, name="case_id")
@@ -380,28 +382,85 @@ def _read_rna_csv(path: Path, notes: list[str]) -> pd.DataFrame:
         what = "is missing (empty or NaN)" if pd.isna(cell) else f"is {_show(cell)}, not a number"
         raise CohortImportError(f"{path}: the value for patient {patients.iloc[r]}, gene {genes[c]} {what}; "
                                 "expression must be finite numbers and nothing is imputed — fix the CSV")
-    return pd.DataFrame(values.astype(np.float32), index=raw.index, columns=genes)
+    frame, repeated = _resolve_rna_duplicates(path, pd.DataFrame(values, index=raw.index, columns=genes), duplicates,
+                                              notes)
+    return frame.astype(np.float32), repeated
 
 
-def _read_rna(paths: Sequence[Path], notes: list[str]) -> pd.DataFrame | None:
-    """All ``--rna`` files stacked on the genes they share (first file's order); None without any."""
+def _resolve_rna_duplicates(path: Path, frame: pd.DataFrame, policy: str,
+                            notes: list[str]) -> tuple[pd.DataFrame, dict[str, int]]:
+    """One row per patient from a float64 expression table whose index may repeat a barcode.
+
+    Some release files (SurvPath's COADREAD ``rna_clean.csv``) list a patient on several rows with
+    different values, and no rule in the file says which row is right, so nothing is chosen
+    silently: ``error`` refuses the file, naming every repeated patient at once; ``mean`` averages a
+    patient's rows per gene; ``first`` keeps its first row in file order. Rows with identical values
+    are treated the same (they are only marked as identical). Returns the table (first-appearance
+    order) and ``{barcode: n_rows}`` of the repeated patients, which the caller records.
+    """
+    repeated_rows = frame.index.duplicated(keep=False)
+    if not repeated_rows.any():
+        return frame, {}
+    values = frame.to_numpy()
+    described, counts = [], {}
+    for barcode in pd.unique(frame.index[repeated_rows]):
+        rows = np.flatnonzero(frame.index == barcode)
+        counts[str(barcode)] = len(rows)
+        same = bool((values[rows] == values[rows[0]]).all())
+        described.append(f"{barcode} ({len(rows)} rows{', identical' if same else ''}"
+                         f"; lines {', '.join(str(r + 2) for r in rows)})")
+    if policy == "error":
+        raise CohortImportError(
+            f"{path}: {len(counts)} patients have more than one expression row: {'; '.join(described)}. Keep one "
+            "row per patient in the CSV (e.g. the primary tumour sample), or choose explicitly: --rna-duplicates mean "
+            "averages each patient's rows per gene, --rna-duplicates first keeps its first row in file order "
+            "(import_modaltune(rna_duplicates=...) from Python)")
+    if policy == "mean":
+        frame, action = frame.groupby(level=0, sort=False).mean(), "averaged per gene"
+    else:
+        frame, action = frame[~frame.index.duplicated(keep="first")], "reduced to the first row in file order"
+    notes.append(f"{path}: {len(counts)} patients with several expression rows {action} (--rna-duplicates {policy}): "
+                 f"{'; '.join(described)}")
+    return frame, counts
+
+
+def _read_rna(paths: Sequence[Path], notes: list[str],
+              duplicates: str = "error") -> tuple[pd.DataFrame | None, dict[str, dict[str, int]]]:
+    """All ``--rna`` files stacked on the genes they share (first file's order), None without any; plus
+    ``{file: {barcode: n_rows}}`` for the files whose repeated patient rows ``duplicates`` resolved.
+
+    A patient in two files is always an error, whatever ``duplicates`` says: the files are separate
+    sources (one per site), so a shared barcode means overlapping or repeated --rna arguments, not
+    a resolvable repeat.
+    """
     if not paths:
-        return None
-    frames = [_read_rna_csv(p, notes) for p in paths]
+        return None, {}
+    read = [_read_rna_csv(p, notes, duplicates) for p in paths]
+    frames = [frame for frame, _ in read]
+    repeated = {str(p.resolve()): counts for p, (_, counts) in zip(paths, read) if counts}
     shared = set(frames[0].columns).intersection(*(f.columns for f in frames[1:]))
     genes = [g for g in frames[0].columns if g in shared]
     for path, frame in zip(paths, frames):
         lost = [g for g in frame.columns if g not in shared]
         if lost:
             notes.append(f"{path}: {len(lost)} genes absent from another --rna file dropped (e.g. {', '.join(lost[:3])})")
-    owner: dict[str, Path] = {}
+    _refuse_shared_patients(paths, frames)
+    return pd.concat([f[genes] for f in frames]), repeated
+
+
+def _refuse_shared_patients(paths: Sequence[Path], frames: Sequence[pd.DataFrame]) -> None:
+    """Name, in one error, every patient that has expression rows in more than one ``--rna`` file."""
+    owners: dict[str, list[str]] = defaultdict(list)
     for path, frame in zip(paths, frames):
-        clash = frame.index.intersection(list(owner))
-        if len(clash):
-            raise CohortImportError(f"patient {clash[0]} has expression rows in both {owner[clash[0]]} and {path}; "
-                                    "give each patient's expression once")
-        owner.update(dict.fromkeys(frame.index, path))
-    return pd.concat([f[genes] for f in frames])
+        for barcode in frame.index:
+            owners[barcode].append(str(path))
+    shared = {b: files for b, files in owners.items() if len(files) > 1}
+    if shared:
+        listed = "; ".join(f"{b} ({' and '.join(files)})" for b, files in shared.items())
+        raise CohortImportError(f"{len(shared)} patients have expression rows in more than one --rna file: {listed}. "
+                                "Each patient's expression must come from one file (--rna-duplicates only resolves "
+                                "repeated rows inside one file); pass each site's file once and remove the patients "
+                                "from all but one file")
 
 
 # ---------------------------------------------------------------------------------------------- pathways, families
@@ -662,6 +721,7 @@ def import_modaltune(
     pathways_csv: str | Path | None = None,
     families_csv: str | Path | None = None,
     all_patients: bool = False,
+    rna_duplicates: str = "error",
 ) -> ImportReport:
     """Import the ModalTune release's split files (and optional RNA, pathways, families, features) as a cohort.
 
@@ -671,12 +731,18 @@ def import_modaltune(
     slide's ``.h5``/``.pt``; ``rna_csvs`` are SurvPath ``rna_clean.csv``-style tables (several, e.g. one
     per site); ``pathways_csv`` a ``combine_comps.csv``-style table; ``families_csv`` MCAT's
     ``signatures.csv`` or a long ``gene,family`` table. Without ``all_patients`` only patients with
-    ``gene_availability == 1`` are kept. Everything is written into a temporary directory next to
-    ``out_dir`` and renamed onto it at the end; an existing ``out_dir`` must be empty or a cohort.
+    ``gene_availability == 1`` are kept. ``rna_duplicates`` (``error``, ``mean`` or ``first``) says
+    what to do with a patient on several rows of one RNA file; the patients it resolved are named in
+    the notes and in ``cohort.json``'s ``provenance.rna_duplicates``. Everything is written into a
+    temporary directory next to ``out_dir`` and renamed onto it at the end; an existing ``out_dir``
+    must be empty or a cohort.
     Raises :class:`CohortImportError` naming the file, patient and field of the first problem.
     """
     splits_dir, out_dir = Path(splits_dir), Path(out_dir)
     rna_paths = [Path(p) for p in ([rna_csvs] if isinstance(rna_csvs, (str, Path)) else rna_csvs)]
+    if rna_duplicates not in RNA_DUPLICATE_POLICIES:
+        raise CohortImportError(f"unknown rna_duplicates policy {rna_duplicates!r}; valid: "
+                                f"{', '.join(RNA_DUPLICATE_POLICIES)}")
     _refuse_foreign(out_dir)
     notes: list[str] = []
 
@@ -698,7 +764,7 @@ def import_modaltune(
                      f"({', '.join(f'{s} {n}' for s, n in excluded.items())}); all_patients / --all-patients keeps them")
     patients = everyone[keep].reset_index(drop=True)
 
-    rna = _read_rna(rna_paths, notes)
+    rna, rna_repeats = _read_rna(rna_paths, notes, rna_duplicates)
     pathways = _read_pathways(Path(pathways_csv)) if pathways_csv is not None else None
     genes, membership = _select_genes(rna, pathways, notes)
     if rna is not None:
@@ -760,10 +826,13 @@ def import_modaltune(
             "pathways": None if pathways_csv is None else str(Path(pathways_csv).resolve()),
             "families": None if families_csv is None else str(Path(families_csv).resolve()),
         }
+        provenance = {"kind": "imported", "importer": __name__, "source_paths": source_paths,
+                      "all_patients": bool(all_patients)}
+        if rna_paths:
+            provenance["rna_duplicates"] = {"policy": rna_duplicates, "files": rna_repeats}
         fmt.write_json(tmp / fmt.MANIFEST, fmt.manifest(
             name=MANIFEST_NAME,
-            provenance={"kind": "imported", "importer": __name__, "source_paths": source_paths,
-                        "all_patients": bool(all_patients)},
+            provenance=provenance,
             sites=site_meta, feature_dim=feature_dim, genes=genes, n_pathways=membership.shape[1]))
         _publish(tmp, out_dir)
     except BaseException:
