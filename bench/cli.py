@@ -182,6 +182,12 @@ def cmd_grid(args: argparse.Namespace) -> int:
     else:
         print(f"{summary['grid']} ({summary['profile']}): {summary['runs']} runs, {summary['ran']} ran, "
               f"{summary['cached']} already stored, {len(summary['failed'])} failed; store {summary['store']}")
+    if summary["failed"]:
+        print(f"{len(summary['failed'])} runs failed (the others are stored; rerun the grid to retry only these):",
+              file=sys.stderr)
+        for f in summary["failed"]:
+            print(f"  - run {f['run_id']} ({f['model']} {f['site']} {f['task']} seed {f['seed']}): {f['error']}",
+                  file=sys.stderr)
     return EXIT_BAD_INPUT if summary["failed"] else 0
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,9 @@ def grid_cells(grid: GridSpec, *, models: list[str] | None = None, sites: list[s
     return cells
 
 
+Worker = Callable[[dict[str, Any]], dict[str, Any]]  # runs one request (RunRequest fields) and returns its result
+
+
 def _run_cell(args: dict[str, Any]) -> dict[str, Any]:
     """Worker: run one cell in this process (a spawned worker starts without the CLI's logging set-up)."""
     from bench.logs import quiet_libraries
@@ -131,7 +136,12 @@ def _run_cell(args: dict[str, Any]) -> dict[str, Any]:
 def run_grid(grid: GridSpec, *, profile: str, cohort_dir: str | Path | None, store: str | Path | None,
              models: list[str] | None = None, sites: list[str] | None = None, seeds: list[int] | None = None,
              jobs: int | None = None, wandb: str = "offline", progress: bool = True) -> dict[str, Any]:
-    """Run the missing cells of ``grid``; returns counts and the failures (cell, message)."""
+    """Run the missing cells of ``grid``; returns counts and the failures (run id, cell, one-line reason).
+
+    A cell another process is training (a second grid on the same store) is skipped at first and
+    waited for at the end, so each run is trained once and every row stored once. A failing cell,
+    even a crashed worker process, never stops the grid: the other cells run, and it is reported.
+    """
     from tqdm.auto import tqdm
 
     from bench.registry import get_model
@@ -147,37 +157,114 @@ def run_grid(grid: GridSpec, *, profile: str, cohort_dir: str | Path | None, sto
                          f"{cohort.root} lacks")
     cells = grid_cells(grid, models=models, sites=sites, seeds=seeds)
     path = store_path(str(store) if store else None)
+    run_ids = [run_config(c.model, c.site, c.task, c.seed, prof, cohort).run_id() for c in cells]
     with ResultStore(path) as results:
-        missing = [c for c in cells
-                   if not results.has(run_config(c.model, c.site, c.task, c.seed, prof, cohort).run_id(),
-                                      result_keys(get_model(c.model), cohort, c.site, c.task))]
+        missing = [(c, run_id) for c, run_id in zip(cells, run_ids)
+                   if not results.has(run_id, result_keys(get_model(c.model), cohort, c.site, c.task))]
     log.info("%s: %d runs, %d already stored, %d to run", grid.name, len(cells), len(cells) - len(missing), len(missing))
     base = dict(profile=prof.name, cohort=str(cohort.root), store=str(path), wandb=wandb)
-    requests = [dict(base, model=c.model, site=c.site, task=c.task, seed=c.seed) for c in missing]
-    failures: list[dict[str, str]] = []
+    requests = [dict(base, model=c.model, site=c.site, task=c.task, seed=c.seed, wait=False) for c, _ in missing]
     jobs = jobs or prof.grid_jobs
     bar = tqdm(total=len(requests), desc=f"{grid.name} ({prof.name})", unit="run", disable=not progress)
-    if jobs <= 1 or len(requests) <= 1:
-        for req in requests:
-            _collect(lambda: _run_cell(req), req, failures)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(_run_cell, req): req for req in requests}
-            for future in as_completed(futures):
-                _collect(future.result, futures[future], failures)
-                bar.update()
+    outcomes, errors = _run_requests(requests, jobs, bar)
+    deferred = [i for i, r in outcomes.items() if r.get("status") == "claimed"]
+    if deferred:
+        log.info("%s: %d runs are being trained by another process; waiting for them", grid.name, len(deferred))
+        bar.n -= len(deferred)  # not done yet: counted again when they are
+        bar.refresh()
+        again, again_errors = _run_requests([dict(requests[i], wait=True) for i in deferred], jobs, bar)
+        outcomes.update({deferred[j]: r for j, r in again.items()})
+        errors.update({deferred[j]: e for j, e in again_errors.items()})
     bar.close()
+    failures = [_failure(requests[i], missing[i][1], errors[i]) for i in sorted(errors)]
+    statuses = [r.get("status") for r in outcomes.values()]
     return {"grid": grid.name, "profile": prof.name, "cohort": str(cohort.root), "store": str(path),
-            "runs": len(cells), "ran": len(requests) - len(failures), "cached": len(cells) - len(missing),
-            "failed": failures}
+            "runs": len(cells), "ran": statuses.count("ran"),
+            "cached": len(cells) - len(missing) + statuses.count("cached"), "failed": failures}
 
 
-def _collect(call, req: dict[str, Any], failures: list[dict[str, str]]) -> None:
+def _run_requests(requests: list[dict[str, Any]], jobs: int, bar: Any,
+                  worker: Worker | None = None) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
+    """Run each request with ``worker``, in this process (``jobs`` <= 1) or in a pool of ``jobs``
+    spawned processes; returns (results, one-line errors), both keyed by request index.
+
+    A worker that dies (killed, out of memory, a crash in native code) breaks the whole pool, and
+    the pool cannot say whose run killed it: the runs it left unfinished are retried one at a time
+    in a fresh single-worker pool, so the culprit alone fails (a retry of a run that had already
+    stored its rows returns them as cached). ``worker`` defaults to :func:`_run_cell`.
+    """
+    worker = worker or _run_cell
+    results: dict[int, dict[str, Any]] = {}
+    errors: dict[int, str] = {}
+    if jobs <= 1 or len(requests) <= 1:
+        for i, req in enumerate(requests):
+            _collect(lambda: worker(req), i, req, results, errors)
+            bar.update()
+        return results, errors
+    broken: list[int] = []
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(worker, req): i for i, req in enumerate(requests)}
+        for future in as_completed(futures):
+            i = futures[future]
+            if isinstance(future.exception(), BrokenProcessPool):
+                broken.append(i)
+                continue
+            _collect(future.result, i, requests[i], results, errors)
+            bar.update()
+    if broken:
+        log.warning("a grid worker process died; retrying its %d unfinished runs one at a time", len(broken))
+        _run_isolated(requests, sorted(broken), worker, results, errors, bar)
+    return results, errors
+
+
+def _run_isolated(requests: list[dict[str, Any]], indices: list[int], worker: Worker,
+                  results: dict[int, dict[str, Any]], errors: dict[int, str], bar: Any) -> None:
+    """Run ``requests[i]`` for each index, one at a time in a single-worker pool replaced whenever
+    its process dies, so that a death is charged to the one run that caused it."""
+    pool: ProcessPoolExecutor | None = None
     try:
-        call()
-    except BenchError as err:
-        failures.append({"model": req["model"], "site": req["site"], "task": req["task"], "seed": req["seed"],
-                         "error": str(err)})
-        log.error("%s %s %s seed %s failed: %s", req["model"], req["site"], req["task"], req["seed"], err)
+        for i in indices:
+            pool = pool or ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+            future = pool.submit(worker, requests[i])
+            if isinstance(future.exception(), BrokenProcessPool):
+                errors[i] = "its worker process died (killed, out of memory, or a crash in native code)"
+                _log_failure(requests[i], errors[i])
+                pool.shutdown()
+                pool = None
+            else:
+                _collect(future.result, i, requests[i], results, errors)
+            bar.update()
+    finally:
+        if pool is not None:
+            pool.shutdown()
 
+
+def _collect(call: Callable[[], dict[str, Any]], i: int, req: dict[str, Any], results: dict[int, dict[str, Any]],
+             errors: dict[int, str]) -> None:
+    """Store ``call()``'s result under ``i``, or its exception as a one-line reason: any Exception is
+    a failed run, never the end of the grid (KeyboardInterrupt still stops it)."""
+    try:
+        results[i] = call()
+    except Exception as err:  # noqa: BLE001 - a grid reports a failed run and goes on
+        errors[i] = _one_line(err)
+        _log_failure(req, errors[i])
+        if not isinstance(err, BenchError):
+            log.debug("traceback of the failed run", exc_info=err)
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception as one line: a BenchError's message (its lines joined), else ``Type: message``."""
+    text = " ".join(str(err).split())
+    if isinstance(err, BenchError):
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _log_failure(req: dict[str, Any], reason: str) -> None:
+    log.error("%s %s %s seed %s failed: %s", req["model"], req["site"], req["task"], req["seed"], reason)
+
+
+def _failure(req: dict[str, Any], run_id: str, reason: str) -> dict[str, Any]:
+    """A failed run as the grid reports it (``grid --json``'s ``failed`` list)."""
+    return {"run_id": run_id, "model": req["model"], "site": req["site"], "task": req["task"], "seed": req["seed"],
+            "error": reason}

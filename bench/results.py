@@ -4,22 +4,33 @@ A row is one (run, site, task) result, written in one transaction only when the 
 a multitask run (ModalTune) writes one row per task, and a pan-cancer run one per site and task,
 under the same run id. Nothing else is ever
 written, so an interrupted run leaves no trace and is simply run again.
+
+Beside the rows, the ``claims`` table holds a lease per run id while one process trains it, so two
+grids on one store never train the same run twice (see :class:`Claim` for when a lease is stale).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import socket
 import sqlite3
+import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 DEFAULT_STORE = Path("runs") / "results.sqlite"
+CLAIM_HEARTBEAT_S = 30.0  # a lease holder refreshes its claim this often while it trains
+CLAIM_STALE_S = 600.0  # a claim not refreshed for this long is stale, whoever holds it
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -40,6 +51,14 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (run_id, site, task)
 );
 CREATE INDEX IF NOT EXISTS results_lookup ON results (profile, model, site, task);
+CREATE TABLE IF NOT EXISTS claims (
+    run_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    claimed_at REAL NOT NULL,
+    heartbeat REAL NOT NULL
+);
 """
 
 
@@ -67,6 +86,86 @@ class ResultRow:
     n_excluded: int
     seconds: float
     finished_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A lease on one run id: ``owner`` (``host:pid:uuid``) is training it; ``heartbeat`` is the time
+    (epoch seconds) the owner last refreshed it."""
+
+    run_id: str
+    owner: str
+    host: str
+    pid: int
+    claimed_at: float
+    heartbeat: float
+
+    def stale_reason(self, now: float | None = None) -> str | None:
+        """Why the claim can be taken over, or None while its owner may still be training.
+
+        Stale means: the owner's process no longer exists on this host (it crashed or was killed),
+        or it has not refreshed the claim for ``CLAIM_STALE_S`` (an owner on another host, whose
+        pid cannot be checked, or a pid since reused by an unrelated process).
+        """
+        age = (time.time() if now is None else now) - self.heartbeat
+        if age > CLAIM_STALE_S:
+            return f"no heartbeat for {age:.0f} s"
+        if self.host == socket.gethostname() and not _pid_alive(self.pid):
+            return f"process {self.pid} no longer exists"
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if a process ``pid`` exists on this host (signal 0 checks without signalling)."""
+    if os.name == "nt":  # os.kill would terminate it there; rely on the heartbeat instead
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
+
+
+class Lease:
+    """This process's claim on a run id, refreshed by a daemon thread until :meth:`release`.
+
+    The thread opens its own connection (a SQLite connection belongs to its thread); if it finds the
+    claim taken over (ours looked stale to another process), it logs that and stops refreshing.
+    """
+
+    def __init__(self, path: Path, claim: Claim):
+        self.path = path
+        self.claim = claim
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"claim-{claim.run_id}", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(CLAIM_HEARTBEAT_S):
+            try:
+                with ResultStore(self.path) as store:
+                    if not store.refresh_claim(self.claim):
+                        log.warning("the claim on run %s was taken over by another process", self.claim.run_id)
+                        return
+            except sqlite3.Error as err:
+                log.warning("could not refresh the claim on run %s: %s", self.claim.run_id, err)
+
+    def release(self) -> None:
+        """Stop refreshing and delete the claim (only if it is still ours); safe to call twice."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join()
+        with ResultStore(self.path) as store:
+            store.release_claim(self.claim)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def _encode_metrics(metrics: dict[str, float]) -> str:
@@ -117,6 +216,44 @@ class ResultStore:
                 [(r.run_id, r.task, r.model, r.site, r.seed, r.profile, r.cohort, r.cohort_fingerprint, r.regime,
                   _encode_metrics(r.metrics), json.dumps(r.config, sort_keys=True), r.n_train, r.n_val, r.n_test,
                   r.n_excluded, r.seconds, now) for r in rows])
+
+    def try_claim(self, run_id: str) -> Lease | None:
+        """Claim ``run_id`` for this process in one ``BEGIN IMMEDIATE`` transaction: a :class:`Lease`,
+        or None while another live owner holds it. A stale claim is taken over (and logged)."""
+        now = time.time()
+        host = socket.gethostname()
+        claim = Claim(run_id, f"{host}:{os.getpid()}:{uuid.uuid4().hex}", host, os.getpid(), now, now)
+        with self._transaction():
+            held = self._claim(run_id)
+            if held is not None:
+                reason = held.stale_reason(now)
+                if reason is None:
+                    return None
+                log.warning("taking over the stale claim on run %s of %s: %s", run_id, held.owner, reason)
+            self._conn.execute("INSERT OR REPLACE INTO claims VALUES (?,?,?,?,?,?)",
+                               (claim.run_id, claim.owner, claim.host, claim.pid, claim.claimed_at, claim.heartbeat))
+        return Lease(self.path, claim)
+
+    def holder(self, run_id: str) -> Claim | None:
+        """The claim on ``run_id``, stale or not; None if nobody claims it."""
+        return self._claim(run_id)
+
+    def refresh_claim(self, claim: Claim) -> bool:
+        """Move ``claim``'s heartbeat to now; False if it is no longer ours."""
+        with self._transaction():
+            cur = self._conn.execute("UPDATE claims SET heartbeat = ? WHERE run_id = ? AND owner = ?",
+                                     (time.time(), claim.run_id, claim.owner))
+        return cur.rowcount == 1
+
+    def release_claim(self, claim: Claim) -> None:
+        """Delete ``claim`` if it is still ours (a claim taken over by another process stays)."""
+        with self._transaction():
+            self._conn.execute("DELETE FROM claims WHERE run_id = ? AND owner = ?", (claim.run_id, claim.owner))
+
+    def _claim(self, run_id: str) -> Claim | None:
+        row = self._conn.execute("SELECT run_id, owner, host, pid, claimed_at, heartbeat FROM claims "
+                                 "WHERE run_id = ?", (run_id,)).fetchone()
+        return Claim(*row) if row else None
 
     def rows(self, *, profile: str | None = None, cohort_fingerprint: str | None = None) -> list[ResultRow]:
         clauses, params = [], []

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from bench.data.cohort import Cohort
 from bench.errors import BenchError
 from bench.data.sites import IN_DOMAIN_SITES, OOD_SITES
 from bench.registry import get_model
-from bench.results import ResultRow, ResultStore
+from bench.results import Lease, ResultRow, ResultStore
 from models.base import ModelContext
 from models.registry import ModelEntry
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 DEFAULT_RUNS_DIR = Path("runs")
 PANCANCER = "PANCANCER"
 TRANSFER_SOURCE = "BRCA"  # Table 3: the in-domain site whose tuned models are deployed out of distribution
+CLAIM_POLL_S = 2.0  # how often a run waiting for another process's claim looks again
 
 
 @dataclass
@@ -47,6 +49,7 @@ class RunRequest:
     weights: str | Path | None = None
     progress: bool = False
     runs_dir: Path = DEFAULT_RUNS_DIR
+    wait: bool = True  # run claimed by another live process: wait for its result (else return status "claimed")
 
 
 def default_cohort_dir(scale: str) -> Path:
@@ -60,11 +63,33 @@ def ensure_cohort(path: str | Path | None, scale: str) -> Cohort:
         return Cohort.load(path)
     target = default_cohort_dir(scale)
     if not (target / "cohort.json").is_file():
-        from bench.data.synth import generate_cohort
-
-        log.info("generating the embedded synthetic %s cohort in %s", scale, target)
-        generate_cohort(target, scale=scale, seed=0)
+        _generate_embedded(target, scale)
     return Cohort.load(target)
+
+
+def _generate_embedded(target: Path, scale: str) -> None:
+    """Generate the embedded cohort into a private sibling directory and rename it onto ``target``.
+
+    Two processes may generate it at once (two grids started together): the rename of a directory
+    onto a non-empty one fails, so the first to finish publishes it and the other discards its copy
+    and uses the published one; a reader never sees a half-written or replaced cohort.
+    """
+    from bench.data.synth import generate_cohort
+
+    if target.is_dir() and any(target.iterdir()) and not (target / "cohort.json").is_file():
+        raise BenchError(f"{target} is a non-empty directory without cohort.json, where the embedded synthetic "
+                         f"{scale} cohort belongs: move it away, or point $BENCH_COHORTS elsewhere")
+    log.info("generating the embedded synthetic %s cohort in %s", scale, target)
+    private = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    try:
+        generate_cohort(private, scale=scale, seed=0)
+        os.rename(private, target)
+    except OSError:
+        if not (target / "cohort.json").is_file():
+            raise
+        log.info("another process published %s meanwhile; using it", target)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def model_context(cohort: Cohort, n_outputs: int, profile: str, weights: str | Path | None = None) -> ModelContext:
@@ -155,7 +180,18 @@ def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
     with ResultStore(_store(req)) as store:
         if not req.force and store.has(run_id, keys):
             return _report(store.get(run_id), status="cached")
+    lease = claim_run(req, run_id, keys)
+    if not isinstance(lease, Lease):
+        return lease
+    try:
+        return _train(req, entry, profile, cohort, site, task, weights, config, keys)
+    finally:
+        lease.release()
 
+
+def _train(req: RunRequest, entry: ModelEntry, profile: Profile, cohort: Cohort, site: str, task: str,
+           weights: str | None, config: RunConfig, keys: list[tuple[str, str]]) -> dict[str, Any]:
+    """Train and evaluate one claimed run in a directory of its own, then store its rows."""
     import lightning as L
 
     from bench.data.dataset import prepare_site
@@ -166,11 +202,9 @@ def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
     if profile.threads:
         torch.set_num_threads(profile.threads)
     configure_determinism()
-    run_dir = Path(req.runs_dir) / entry.name / f"{site}-{task}-seed{req.seed}-{run_id}"
-    if run_dir.exists():  # logs of an earlier attempt of this run (--force, or one killed before it stored)
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    loggers = make_loggers(run_dir, run_id, config.model_dump(mode="json"), req.wandb)
+    run_id = config.run_id()
+    run_dir = attempt_dir(Path(req.runs_dir) / entry.name / f"{site}-{task}-seed{req.seed}-{run_id}")
+    loggers = make_loggers(run_dir, run_id, config.model_dump(mode="json"), req.wandb, name=run_dir.parent.name)
 
     if entry.regime == "text_distill":
         from bench.train.distill import train_distill
@@ -234,6 +268,48 @@ def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
     with ResultStore(_store(req)) as store:
         store.write(rows)
     return _report(rows, status="ran")
+
+
+def claim_run(req: RunRequest, run_id: str, keys: list[tuple[str, str]]) -> Lease | dict[str, Any]:
+    """Claim ``run_id`` before training it: the :class:`Lease`, or the result to return instead.
+
+    Another live process training it: with ``req.wait`` wait for it (logged once), then serve the
+    rows it stored (or claim the run if it failed); without, return status ``claimed`` at once, so
+    that a grid moves on and comes back later. Rows stored by the time the claim is ours are served
+    as cached (unless ``--force``), so no run is trained twice.
+    """
+    path = _store(req)
+    announced = False
+    while True:
+        with ResultStore(path) as store:
+            lease = store.try_claim(run_id)
+            if lease is not None:
+                if req.force or not store.has(run_id, keys):
+                    return lease
+                lease.release()
+                return _report(store.get(run_id), status="cached")
+            holder = store.holder(run_id)
+        if holder is None:  # released between our attempt and the look-up: try again
+            continue
+        if not req.wait:
+            return {"run_id": run_id, "status": "claimed", "claimed_by": holder.owner}
+        if not announced:
+            log.info("run %s (%s %s seed %s) is being trained by %s; waiting for it to finish", run_id, req.model,
+                     req.site, req.seed, holder.owner)
+            announced = True
+        time.sleep(CLAIM_POLL_S)
+
+
+def attempt_dir(run_dir: Path) -> Path:
+    """A new directory for one attempt of a run under ``run_dir``: ``attempt-<UTC time>-<pid>-<random>``.
+
+    Attempts never share a directory, and none deletes another's, so logs of a killed or forced
+    attempt stay beside the new one and two processes can never write into the same files.
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = run_dir / f"attempt-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    path.mkdir(parents=True)
+    return path
 
 
 def build_model(entry: ModelEntry, ctx: ModelContext) -> torch.nn.Module:

@@ -79,7 +79,7 @@ def test_loggers_write_csv_and_one_offline_wandb_run_per_run(capsys, rcc_cohort:
         assert code == 0
         ids.append(out["run_id"])
     for run_id in ids:
-        (run_dir,) = (tmp_path / "runs" / "snn").glob(f"*-{run_id}")
+        (run_dir,) = (tmp_path / "runs" / "snn").glob(f"*-{run_id}/attempt-*")
         metrics_csv = run_dir / "csv" / "metrics.csv"
         assert metrics_csv.is_file() and "val_metric" in metrics_csv.read_text()
         assert list(run_dir.glob(f"wandb/offline-run-*-{run_id}")), f"W&B offline run of {run_id} missing"

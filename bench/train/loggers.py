@@ -9,8 +9,10 @@ from typing import Any
 WANDB_MODES = ("online", "offline", "disabled")
 
 
-def make_loggers(run_dir: Path, run_id: str, config: dict[str, Any], wandb_mode: str = "offline") -> list:
-    """``[CSVLogger, WandbLogger?]`` writing under ``run_dir``; ``wandb_mode`` is online/offline/disabled."""
+def make_loggers(run_dir: Path, run_id: str, config: dict[str, Any], wandb_mode: str = "offline",
+                 name: str | None = None) -> list:
+    """``[CSVLogger, WandbLogger?]`` writing under ``run_dir``; ``wandb_mode`` is online/offline/disabled;
+    ``name`` is the W&B run name (default ``run_dir``'s name)."""
     from lightning.pytorch.loggers import CSVLogger
 
     loggers: list = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
@@ -22,9 +24,9 @@ def make_loggers(run_dir: Path, run_id: str, config: dict[str, Any], wandb_mode:
         from lightning.pytorch.loggers import WandbLogger
 
         os.environ.setdefault("WANDB_SILENT", "true")
-        loggers.append(WandbLogger(project=os.environ.get("WANDB_PROJECT", "modaltune-bench"), name=run_dir.name,
-                                   id=run_id, save_dir=str(run_dir), offline=wandb_mode == "offline",
-                                   resume="allow"))
+        loggers.append(WandbLogger(project=os.environ.get("WANDB_PROJECT", "modaltune-bench"),
+                                   name=name or run_dir.name, id=run_id, save_dir=str(run_dir),
+                                   offline=wandb_mode == "offline", resume="allow"))
     for logger in loggers:
         logger.log_hyperparams(config)
     return loggers
