@@ -105,13 +105,26 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 def cmd_data_validate(args: argparse.Namespace) -> int:
     from bench.data.cohort import Cohort
 
-    problems = Cohort.load(args.cohort).validate()
+    cohort = Cohort.load(args.cohort)
+    refreshed = None
+    if args.refresh_fingerprint:
+        problems = cohort.validate(check_fingerprint=False)
+        if not problems:
+            refreshed = cohort.refresh_fingerprint()
+    else:
+        problems = cohort.validate()
     if args.json:
-        _emit({"cohort": args.cohort, "ok": not problems, "problems": problems})
+        _emit({"cohort": args.cohort, "ok": not problems, "problems": problems,
+               "fingerprint": cohort.manifest.get("fingerprint"),
+               "fingerprint_refreshed": refreshed is not None})
     elif problems:
         print(f"{args.cohort}: {len(problems)} problems", file=sys.stderr)
         for p in problems:
             print(f"  - {p}", file=sys.stderr)
+        if args.refresh_fingerprint:
+            print("fingerprint not refreshed: fix these problems first", file=sys.stderr)
+    elif refreshed:
+        print(f"{args.cohort}: ok; fingerprint {refreshed[0] or '(none)'} -> {refreshed[1]} stored in cohort.json")
     else:
         print(f"{args.cohort}: ok")
     return EXIT_CHECK_FAILED if problems else 0
@@ -314,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_stats)
     p = dsub.add_parser("validate", help="check everything a run relies on (exit 1 if anything is wrong)")
     p.add_argument("cohort")
+    p.add_argument("--refresh-fingerprint", action="store_true",
+                   help="after an intended edit of the cohort's files: if everything else validates, store the "
+                        "recomputed content fingerprint in cohort.json")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_data_validate)
 

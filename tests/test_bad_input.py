@@ -185,7 +185,8 @@ def test_validate_lists_every_problem_and_exits_1(capsys, rcc_copy: Path) -> Non
     code = main(["data", "validate", str(rcc_copy)])
     err = capsys.readouterr().err
     assert code == 1
-    assert missing[1] in err and "NaN/Inf" in err and "2 problems" in err
+    assert missing[1] in err and "NaN/Inf" in err and "3 problems" in err
+    assert "does not match the cohort's content" in err  # the edits also changed the content fingerprint
 
 
 def test_valid_cohort_validates(capsys, rcc_cohort: Path) -> None:

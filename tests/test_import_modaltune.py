@@ -228,6 +228,26 @@ def test_features_are_linked_or_converted(release):
          "TCGA-BB-0001-01Z-00-DX1.h5"])
 
 
+def test_import_stores_a_content_fingerprint_independent_of_source_paths(release, tmp_path):
+    import shutil
+
+    from bench.data.fingerprint import content_fingerprint
+
+    full_import(release)
+    first = json.loads((release["out"] / fmt.MANIFEST).read_text())
+    assert first["fingerprint"] == content_fingerprint(release["out"])
+    moved = tmp_path / "moved"  # the same release elsewhere: other absolute source paths in the provenance
+    shutil.copytree(release["splits"].parent, moved)
+    again = tmp_path / "again"
+    import_modaltune(moved / "json_splits", again, features_root=moved / "features", rna_csvs=[moved / "rna_clean.csv"],
+                     pathways_csv=moved / "combine_comps.csv", families_csv=moved / "signatures.csv")
+    second = json.loads((again / fmt.MANIFEST).read_text())
+    assert second["provenance"]["source_paths"] != first["provenance"]["source_paths"]
+    assert second["fingerprint"] == first["fingerprint"]
+    write_h5(moved / "features" / "rcc" / "TCGA-BB-0001-01Z-00-DX1.h5", 3, seed=5)  # the linked file's content counts
+    assert content_fingerprint(again) != first["fingerprint"]
+
+
 def test_all_patients_keeps_patients_without_expression(release):
     report = full_import(release, all_patients=True, features_root=None)
     patients = read_patients(release["out"])

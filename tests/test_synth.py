@@ -12,6 +12,7 @@ import pytest
 
 from bench.data import format as fmt
 from bench.data import synth
+from bench.data.fingerprint import content_fingerprint
 from bench.data.sites import ALL_SITES, site_info
 
 
@@ -319,6 +320,7 @@ def test_generation_is_byte_identical_and_seed_dependent(tiny: Path, tmp_path: P
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     for rel in files:
         assert (tiny / rel).read_bytes() == (again / rel).read_bytes(), rel
+    assert json.loads((again / fmt.MANIFEST).read_text())["fingerprint"] == content_fingerprint(tiny)
 
     # One site alone reproduces that site's files of the full cohort; another seed changes them.
     blca = synth.generate_cohort(tmp_path / "blca", "tiny", seed=0, sites=["blca"])

@@ -8,8 +8,8 @@ naming its file, patient and field and what to do. Feature files are checked whe
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -21,7 +21,11 @@ import numpy as np
 import pandas as pd
 
 from bench.data import format as fmt
+from bench.data.fingerprint import KEY as FINGERPRINT_KEY
+from bench.data.fingerprint import content_fingerprint, stamp_fingerprint, stored_fingerprint
 from bench.errors import BenchError, CohortError, unknown_name
+
+log = logging.getLogger(__name__)
 
 CLINICAL_FIELDS = ("age", "stage", "t", "n", "m")
 _ROMAN = {"IV": 4, "III": 3, "II": 2, "I": 1}
@@ -197,19 +201,49 @@ class Cohort:
 
     @cached_property
     def fingerprint(self) -> str:
-        """Content hash of the tables and of the feature files' names and sizes (16 hex chars)."""
-        digest = hashlib.sha256()
-        for name in (fmt.MANIFEST, fmt.PATIENTS, fmt.RNA, fmt.PATHWAYS, fmt.FAMILIES):
-            path = self.root / name
-            digest.update(name.encode())
-            if path.is_file():
-                digest.update(hashlib.sha256(path.read_bytes()).digest())
-        feats = self.root / fmt.FEATURES_DIR
-        if feats.is_dir():
-            for path in sorted(feats.iterdir()):
-                if not path.name.startswith("."):
-                    digest.update(f"{path.name}:{path.stat().st_size}".encode())
-        return digest.hexdigest()[:16]
+        """The content fingerprint (16 hex chars) stored in ``cohort.json`` when the cohort was written.
+
+        :func:`bench.data.fingerprint.content_fingerprint` defines it (a hash of the decoded tables,
+        RNA values and feature arrays, independent of library versions). A cohort written before
+        fingerprints were stored gets it computed now, which reads every feature file.
+        """
+        stored = stored_fingerprint(self.manifest)
+        if stored is not None:
+            return stored
+        log.warning("%s has no valid stored content fingerprint (an older cohort format); computing it, which "
+                    "reads every feature file. Store it once with `python -m bench data validate %s "
+                    "--refresh-fingerprint`, or regenerate / re-import the cohort", self.root / fmt.MANIFEST, self.root)
+        return content_fingerprint(self.root)
+
+    def fingerprint_problem(self) -> str | None:
+        """Recompute the content fingerprint; the problem if it differs from the stored one, else None.
+
+        A cohort that stores none (an older format) is not a problem: a hint to store it is logged.
+        """
+        path = self.root / fmt.MANIFEST
+        try:
+            computed = content_fingerprint(self.root)
+        except BenchError as err:
+            return f"content fingerprint not computable: {err}"
+        stored = self.manifest.get(FINGERPRINT_KEY)
+        if stored is None:
+            log.warning("%s stores no content fingerprint (an older cohort format); store %s with "
+                        "`python -m bench data validate %s --refresh-fingerprint`", path, computed, self.root)
+            return None
+        if stored != computed:
+            return (f"{path}: stored fingerprint {stored!r} does not match the cohort's content ({computed}): "
+                    "its files changed after it was written. Regenerate or re-import the cohort; if the change was "
+                    f"intended, store the new fingerprint with `python -m bench data validate {self.root} "
+                    "--refresh-fingerprint`")
+        return None
+
+    def refresh_fingerprint(self) -> tuple[str | None, str]:
+        """Recompute the content fingerprint and store it in ``cohort.json`` atomically: ``(old, new)``."""
+        old = self.manifest.get(FINGERPRINT_KEY)
+        new = stamp_fingerprint(self.root)
+        self.manifest[FINGERPRINT_KEY] = new
+        self.__dict__.pop("fingerprint", None)  # drop the cached property's old value
+        return (old if isinstance(old, str) else None), new
 
     # ------------------------------------------------------------------ RNA, pathways, families
     @cached_property
@@ -329,8 +363,12 @@ class Cohort:
             }
         return {"cohort": str(self.root), "name": self.name, "fingerprint": self.fingerprint, "sites": out}
 
-    def validate(self) -> list[str]:
-        """Every problem a run could hit (tables, RNA, pathways, families, every feature file)."""
+    def validate(self, check_fingerprint: bool = True) -> list[str]:
+        """Every problem a run could hit (tables, RNA, pathways, families, every feature file).
+
+        With ``check_fingerprint`` the content fingerprint is recomputed too, and a mismatch with the
+        stored one (the files changed after the cohort was written) is a problem.
+        """
         from bench.data.features import check_feature_file, slide_path
 
         problems: list[str] = []
@@ -349,6 +387,11 @@ class Cohort:
                     problems.append(str(err))
                     continue
                 problems.extend(f"patient {row['case_id']}: {p}" for p in check_feature_file(path, dim))
+        if check_fingerprint:
+            problem = self.fingerprint_problem()
+            # an undecodable file is already listed above; its fingerprint error would repeat it
+            if problem is not None and not (problems and problem.startswith("content fingerprint not computable")):
+                problems.append(problem)
         return problems
 
 

@@ -142,7 +142,8 @@ def manifest(
     ``sites`` maps an upper-case site name to ``{"classes": {"0": "name", ...},
     "bin_upper_months": [4 floats]}``. ``provenance`` has ``kind`` ("synthetic" or "imported") plus
     ``seed``/``scale`` (synthetic) or ``source_paths`` (imported). ``feature_dim`` is None for a
-    cohort imported without features.
+    cohort imported without features. Once every file is written, the generator and the importer add
+    the key ``fingerprint`` (:func:`bench.data.fingerprint.stamp_fingerprint`).
     """
     return {
         "format_version": FORMAT_VERSION,

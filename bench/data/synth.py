@@ -77,7 +77,9 @@ Signal strengths
     subtyping and RCC survival; weaker out-of-domain subtypes).
 
 Every file is written atomically into a temporary sibling directory which is renamed onto
-``out_dir`` only when the cohort is complete. Files are byte-identical for the same seed and scale.
+``out_dir`` only when the cohort is complete. Files are byte-identical for the same seed and scale
+with the same pandas / pyarrow / h5py; the content fingerprint stored in ``cohort.json``
+(:mod:`bench.data.fingerprint`) is the same whatever their versions.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ import numpy as np
 import pandas as pd
 
 from bench.data import format as fmt
+from bench.data.fingerprint import stamp_fingerprint
 from bench.data.sites import ALL_SITES, SiteInfo, resolve_site, site_info
 from reports.reference import paper_reference
 
@@ -831,6 +834,7 @@ def _write_cohort(root: Path, spec: ScaleSpec, seed: int, sites: tuple[str, ...]
             n_pathways=len(structure.pathways),
         ),
     )
+    stamp_fingerprint(root)
 
 
 def generate_cohort(

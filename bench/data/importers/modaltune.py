@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 
 from bench.data import format as fmt
+from bench.data.fingerprint import stamp_fingerprint
 from bench.errors import BenchError
 from bench.data.sites import ALL_SITES, site_info
 
@@ -735,7 +736,9 @@ def import_modaltune(
     what to do with a patient on several rows of one RNA file; the patients it resolved are named in
     the notes and in ``cohort.json``'s ``provenance.rna_duplicates``. Everything is written into a
     temporary directory next to ``out_dir`` and renamed onto it at the end; an existing ``out_dir``
-    must be empty or a cohort.
+    must be empty or a cohort. Just before that, the cohort's content fingerprint
+    (:mod:`bench.data.fingerprint`) is stored in its ``cohort.json``, which reads every linked feature
+    file once.
     Raises :class:`CohortImportError` naming the file, patient and field of the first problem.
     """
     splits_dir, out_dir = Path(splits_dir), Path(out_dir)
@@ -834,6 +837,7 @@ def import_modaltune(
             name=MANIFEST_NAME,
             provenance=provenance,
             sites=site_meta, feature_dim=feature_dim, genes=genes, n_pathways=membership.shape[1]))
+        stamp_fingerprint(tmp)
         _publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
