@@ -11,14 +11,14 @@ in the supplement) used three ways:
 
 A patient with several slides is one token sequence: all its tiles, with each further slide's
 coordinates shifted past the previous ones (:mod:`bench.data.features`), as ModalTune's code feeds
-the encoder. Weights come from a local checkpoint (``ctx.extra["weights"]``, the CLI's
-``--weights``); without one the encoder is randomly initialised, which the ``tiny``/``small``
-profiles use with a shallow, narrow encoder of the same class.
+the encoder. The encoders come from :func:`models.slide_encoders.build_slide_encoder`, the factory
+ModalTune's backbones use too (same configuration, feature-width rule and weight loading). Weights
+come from a local checkpoint (``ctx.extra["weights"]``, the CLI's ``--weights``); without one the
+encoder is randomly initialised, which the ``tiny``/``small`` profiles use with a shallow, narrow
+encoder of the same class.
 """
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 import torch
 from torch import nn
@@ -26,9 +26,10 @@ from torch import nn
 from baselines.fusion import build_late_fusion
 from baselines.genemixer import GENE_MIXER_PAPER_CONTEXT
 from models.base import BenchModel, ModelContext
-from models.gigapath import GigaPathConfig, GigaPathSlideEncoder, load_gigapath_weights
+from models.gigapath import GigaPathSlideEncoder
 from models.registry import register_model
-from models.titan import TitanConfig, TitanSlideEncoder, load_titan_weights
+from models.slide_encoders import build_slide_encoder, slide_encoder_paper_context
+from models.titan import TitanSlideEncoder
 
 
 class SlideEncoderModel(BenchModel):
@@ -55,16 +56,13 @@ class SlideEncoderModel(BenchModel):
 
 
 def gigapath_encoder(ctx: ModelContext) -> GigaPathSlideEncoder:
-    """Prov-GigaPath's slide encoder for ``ctx`` (paper config, or the profile's narrow one), weights loaded."""
-    encoder = GigaPathSlideEncoder(GigaPathConfig.for_profile(ctx.profile, feature_dim=ctx.feature_dim))
-    weights = ctx.extra.get("weights")
-    if weights:
-        load_gigapath_weights(encoder, weights)
-    return encoder
+    """Prov-GigaPath's slide encoder for ``ctx`` (paper config, or the profile's narrow one), weights loaded;
+    built by :func:`models.slide_encoders.build_slide_encoder`, as ModalTune's backbone is."""
+    return build_slide_encoder("gigapath", ctx)
 
 
-_GIGAPATH_PAPER = {"feature_dim": 1536}
-_GIGAPATH_FUSION_PAPER = {"feature_dim": 1536, **GENE_MIXER_PAPER_CONTEXT}
+_GIGAPATH_PAPER = slide_encoder_paper_context("gigapath")
+_GIGAPATH_FUSION_PAPER = {**_GIGAPATH_PAPER, **GENE_MIXER_PAPER_CONTEXT}
 
 
 @register_model("gigapath_lp", label="Prov-Gigapath LP", modalities=("wsi",), regime="linear_probe",
@@ -117,25 +115,16 @@ def gigapath_cat_surv(ctx: ModelContext) -> BenchModel:
 def titan_encoder(ctx: ModelContext) -> TitanSlideEncoder:
     """TITAN's vision tower for ``ctx``: the paper's reads 768-d CONCH v1.5 tile features (a cohort of other
     features is refused); ``tiny``/``small`` build the profile's narrow tower on the cohort's features. Its
-    grid uses the cohort's tile size in level-0 pixels (TITAN's own tiles: 512 px at 20x = 1,024)."""
-    config = TitanConfig.for_profile(ctx.profile)
-    if ctx.profile == "paper" and ctx.feature_dim != config.feature_dim:
-        raise ValueError(f"TITAN reads {config.feature_dim}-d CONCH v1.5 tile features; this cohort's features are "
-                         f"{ctx.feature_dim}-d (import a cohort of TITAN features, e.g. the release's *_titan splits)")
-    config = replace(config, feature_dim=ctx.feature_dim,
-                     patch_size_lv0=int(ctx.extra.get("patch_size_px", config.patch_size_lv0)))
-    encoder = TitanSlideEncoder(config)
-    weights = ctx.extra.get("weights")
-    if weights:
-        load_titan_weights(encoder, weights)
-    return encoder
+    grid uses the cohort's tile size in level-0 pixels (TITAN's own tiles: 512 px at 20x = 1,024). Built by
+    :func:`models.slide_encoders.build_slide_encoder`, as ModalTune TITAN's backbone is."""
+    return build_slide_encoder("titan", ctx)
 
 
 def _tuned_titan_wsi(ctx: ModelContext) -> SlideEncoderModel:
     return SlideEncoderModel(titan_encoder(ctx), ctx.n_outputs, frozen=False)
 
 
-_TITAN_PAPER = {"feature_dim": 768, "extra": {"patch_size_px": 1024}}
+_TITAN_PAPER = slide_encoder_paper_context("titan")
 _TITAN_FUSION_PAPER = {**_TITAN_PAPER, **GENE_MIXER_PAPER_CONTEXT}
 
 

@@ -1,6 +1,6 @@
 """The one command line of the benchmark: ``python -m bench <command>``.
 
-Conventions (DESIGN.md): list options are comma-separated; site and model names are
+Conventions (README "Command line"): list options are comma-separated; site and model names are
 case-insensitive; ``--json`` prints exactly one JSON object on stdout (logs and progress go to
 stderr); exit 0 on success, 1 when a check or validation failed, 2 on bad usage or bad input.
 """

@@ -1,6 +1,6 @@
 """Profiles and the resolved, validated configuration of one run (hashed into its run id).
 
-Profiles (DESIGN.md): ``tiny`` for tests (seconds), ``small`` for the default ``make table2`` on a
+Profiles (README "Profiles"): ``tiny`` for tests (seconds), ``small`` for the default ``make table2`` on a
 laptop CPU (minutes), ``paper`` for the paper's sizes on a GPU. A profile sets the synthetic cohort
 scale, whether model widths are narrowed, epochs, batch size and bag sampling.
 

@@ -1,4 +1,4 @@
-"""Errors the CLI turns into a message and an exit code (DESIGN.md, "CLI conventions").
+"""Errors the CLI turns into a message and an exit code (the conventions of README "Command line").
 
 ``BenchError`` carries the exit code: 2 for bad usage or bad input (the default), 1 for a check or
 validation that ran and failed. Every message names the file / patient / field at fault and what to

@@ -26,7 +26,7 @@ import torch
 from bench.data import format as fmt
 from bench.data.cohort import Cohort
 from bench.errors import BenchError
-from models.text.encoders import TextEncoder, build_text_encoder
+from models.text import TextEncoder, build_text_encoder
 from models.text.prompts import TEXT_TASKS, PromptError, build_prompts
 
 log = logging.getLogger(__name__)

@@ -15,18 +15,18 @@ from torch import nn
 from bench.data import format as fmt
 from bench.errors import BenchError
 from bench.text_cache import cache_path, cohort_prompts, load_text_cache, write_text_cache
-from models.text.encoders import (
+from models.text import (
     BowEncoder,
     ByteLevelBPETokenizer,
     ConchEncoder,
     ConchTextConfig,
     ConchTextTower,
-    _bytes_to_unicode,
     build_text_encoder,
     mean_pool,
 )
 from models.text.projector import TextProjector
 from models.text.prompts import TEXT_TASKS
+from models.text.tokenizer import _bytes_to_unicode
 
 SPECIALS = ["<pad>", "<start_of_text>", "<end_of_text>"]
 

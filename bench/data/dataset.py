@@ -1,4 +1,4 @@
-"""Per-patient samples (the data/model contract of DESIGN.md) and their batching.
+"""Per-patient samples (the data/model contract: batch keys in :mod:`models.base`) and their batching.
 
 :func:`prepare_site` selects a site's patients for one task and one model's modalities, and
 returns a :class:`PatientDataset` per split. A sample is a dict (see :mod:`models.base`): features

@@ -1,4 +1,4 @@
-"""The on-disk cohort format (DESIGN.md, "Cohort format"): names, columns, atomic writers.
+"""The on-disk cohort format, defined here (README "Cohort format" summarises it): names, columns, atomic writers.
 
 A cohort is a directory::
 

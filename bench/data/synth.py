@@ -1,7 +1,7 @@
 """Synthetic TCGA-like cohorts with planted, recoverable signal (the benchmark's default data).
 
 ``generate_cohort(out_dir, scale, seed, sites)`` writes a complete cohort in the format of
-:mod:`bench.data.format` (DESIGN.md, "Cohort format") for the six sites of the ModalTune paper
+:mod:`bench.data.format` for the six sites of the ModalTune paper
 (ICCV 2025): BRCA, GBMLGG, NSCLC, RCC (Table 2) and COADREAD, BLCA (Table 3, out of domain).
 At ``small`` and ``paper`` scale every site has exactly the paper's Table 1 counts (patients per
 split, events / censored, subtype class counts and rare set); ``tiny`` keeps their proportions at
@@ -253,7 +253,7 @@ def allocate(row_totals: Sequence[int], col_totals: Sequence[int], min_cell: int
     always does. Then, in rows of at least ``min_cell * C``, cells below ``min_cell`` are lifted by
     margin-preserving 2x2 swaps ``(r, c)+1, (r, c')-1, (r', c)-1, (r', c')+1`` (a lifted cell may
     end up more than one from its share). Used to stratify a site's subtype groups over train /
-    val / test (DESIGN.md: patient-level 68/12/20, stratified by subtype).
+    val / test (splits are patient-level 68/12/20, stratified by subtype).
     """
     rows = np.asarray(row_totals, dtype=int)
     cols = np.asarray(col_totals, dtype=int)

@@ -12,10 +12,12 @@ Registry entries (all ``text_distill``, modalities ``wsi`` + ``rna``, task ``mul
 ``modaltune_titan``
     "ModalTune TITAN" (Table 9): frozen TITAN, token aggregation "cat", stochastic depth 0.2.
 
-Builders follow the other slide-encoder rows: ``ctx.extra["weights"]`` (the CLI's ``--weights``) is
-a local checkpoint of the frozen encoder, loaded strictly; without one the encoder is randomly
-initialised. ``ctx.extra["checkpoint_encoder"]`` switches activation checkpointing of the encoder
-layers. ``paper`` builds the release configuration; ``small`` / ``tiny`` use the profile's narrow
+The frozen encoder comes from :func:`models.slide_encoders.build_slide_encoder`, the factory of the
+other slide-encoder rows too (same configuration, feature-width rule and weight loading):
+``ctx.extra["weights"]`` (the CLI's ``--weights``) is a local checkpoint of the frozen encoder,
+loaded strictly; without one the encoder is randomly initialised. ``ctx.extra["checkpoint_encoder"]``
+switches activation checkpointing of the encoder layers. ``paper`` builds the release configuration
+(TITAN on 768-d CONCH v1.5 features only); ``small`` / ``tiny`` use the profile's narrow
 encoder (``GigaPathConfig`` / ``TitanConfig.for_profile``) and narrow Gene Mixer
 (``GeneMixerConfig.for_profile``, output width = encoder width) with the same classes; see
 :meth:`ModalTuneConfig.for_encoder` for the interaction-index mapping of the shallow encoders.
@@ -29,13 +31,12 @@ import torch
 
 from models.base import ModelContext
 from models.genemixer import GeneMixer, GeneMixerConfig
-from models.gigapath import GigaPathConfig, GigaPathSlideEncoder, load_gigapath_weights
 from models.modaltune.adapter import InteractionBlock, interaction_groups
 from models.modaltune.backbones import GigaPathBackbone, SlideBackbone, TitanBackbone
 from models.modaltune.model import MODALTUNE_TASKS, PAPER_CONFIGS, ModalTune, ModalTuneConfig
 from models.paper_omics import PAPER_N_GENES, paper_pathways
 from models.registry import register_model
-from models.titan import TitanConfig, TitanSlideEncoder, load_titan_weights
+from models.slide_encoders import SLIDE_ENCODERS, build_slide_encoder, slide_encoder_paper_context
 
 __all__ = [
     "ENCODERS",
@@ -50,7 +51,7 @@ __all__ = [
     "modaltune_gene_pathways",
 ]
 
-ENCODERS = ("gigapath", "titan")
+ENCODERS = SLIDE_ENCODERS
 
 
 def modaltune_gene_pathways() -> torch.Tensor:
@@ -59,28 +60,19 @@ def modaltune_gene_pathways() -> torch.Tensor:
 
 
 _PAPER_GENES = {"n_genes": PAPER_N_GENES, "pathways": modaltune_gene_pathways}
-#: Prov-GigaPath tile features are 1536-d; TITAN reads 768-d CONCH v1.5 features.
-GIGAPATH_PAPER_CONTEXT = {"feature_dim": 1536, **_PAPER_GENES}
-TITAN_PAPER_CONTEXT = {"feature_dim": 768, **_PAPER_GENES}
+#: Prov-GigaPath tile features are 1536-d; TITAN reads 768-d CONCH v1.5 features on 1,024-px tiles.
+GIGAPATH_PAPER_CONTEXT = {**slide_encoder_paper_context("gigapath"), **_PAPER_GENES}
+TITAN_PAPER_CONTEXT = {**slide_encoder_paper_context("titan"), **_PAPER_GENES}
 
 
 def build_backbone(encoder: str, ctx: ModelContext) -> SlideBackbone:
-    """The frozen slide encoder of ``ctx`` (its profile's configuration, ``ctx.feature_dim`` inputs),
-    with ``ctx.extra["weights"]`` loaded when given."""
-    weights = ctx.extra.get("weights")
-    if encoder == "gigapath":
-        gigapath = GigaPathSlideEncoder(GigaPathConfig.for_profile(ctx.profile, feature_dim=ctx.feature_dim))
-        if weights:
-            load_gigapath_weights(gigapath, weights)
-        return GigaPathBackbone(gigapath)
-    if encoder == "titan":
-        config = TitanConfig.for_profile(ctx.profile)
-        titan = TitanSlideEncoder(replace(config, feature_dim=ctx.feature_dim,
-                                          patch_size_lv0=int(ctx.extra.get("patch_size_px", config.patch_size_lv0))))
-        if weights:
-            load_titan_weights(titan, weights)
-        return TitanBackbone(titan)
-    raise ValueError(f"unknown encoder {encoder!r}; expected one of {ENCODERS}")
+    """The frozen slide encoder of ``ctx`` from :func:`models.slide_encoders.build_slide_encoder` (its
+    profile's configuration, ``ctx.feature_dim`` inputs, ``ctx.extra["weights"]`` loaded when given),
+    seen as a :class:`SlideBackbone`."""
+    backbones = {"gigapath": GigaPathBackbone, "titan": TitanBackbone}
+    if encoder not in backbones:
+        raise ValueError(f"unknown encoder {encoder!r}; expected one of {ENCODERS}")
+    return backbones[encoder](build_slide_encoder(encoder, ctx))
 
 
 def build_modaltune(ctx: ModelContext, encoder: str = "gigapath", **overrides: object) -> ModalTune:

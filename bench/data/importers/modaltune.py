@@ -23,7 +23,7 @@ taken from either repository):
 - MCAT (Chen et al., ICCV 2021), github.com/mahmoodlab/MCAT, ``signatures.csv``: the six gene
   families in wide layout, one column per family (title case), gene names down the column.
 
-Cohort rules (DESIGN.md "Cohort format", paper Tables 1 and 5): a patient's case_id is its TCGA
+Cohort rules (:mod:`bench.data.format`, paper Tables 1 and 5): a patient's case_id is its TCGA
 barcode, its bag is all of its slides; by default only patients with ``gene_availability == 1`` are
 kept (as Table 1 counts them); the four survival bins of a site are the quartiles of survival months
 over *all* of the site's patients in the split files (this reproduces Table 5). Nothing is imputed:
