@@ -15,7 +15,7 @@ from torch import nn
 
 from models.base import BenchModel, ModelContext
 from models.genemixer import GeneMixer, GeneMixerConfig
-from models.paper_omics import PAPER_N_GENES, paper_pathways
+from models.paper.omics import PAPER_N_GENES, paper_pathways
 from models.registry import register_model
 
 

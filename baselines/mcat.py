@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import BenchModel, ModelContext, bag_mask
-from models.paper_omics import SURVPATH_N_GENES, paper_families
+from models.paper.omics import SURVPATH_N_GENES, paper_families
 from models.registry import register_model
 
 PAPER_FEATURE_DIM = 1536

@@ -18,7 +18,7 @@ from torch import nn
 
 from baselines.mlp import RnaOnlyModel
 from models.base import ModelContext, count_parameters
-from models.paper_omics import SURVPATH_N_GENES, paper_pathways
+from models.paper.omics import SURVPATH_N_GENES, paper_pathways
 from models.registry import register_model
 
 
@@ -100,7 +100,7 @@ def smlp(ctx: ModelContext) -> SparseMLPOmics:
     """Pathway-masked sparse MLP on bulk RNA (SurvPath MaskedOmics: 8 then 16 units per pathway).
 
     Paper configuration: SurvPath's 4,999 genes x 331 pathways (combine_comps.csv counts, via
-    :func:`models.paper_omics.paper_pathways`): 34,287,632 parameters dense, 7,146,800 unmasked, with
+    :func:`models.paper.omics.paper_pathways`): 34,287,632 parameters dense, 7,146,800 unmasked, with
     4 survival outputs. Every profile builds the same per-pathway widths; the cohort's
     ``pathways.csv`` (``ctx.pathways``) sets the gene and pathway counts.
     """

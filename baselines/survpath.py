@@ -26,7 +26,7 @@ from torch import nn
 
 from baselines.mcat import PAPER_FEATURE_DIM, GeneGroupSNN, profile_dim, real_patch_mask
 from models.base import BenchModel, ModelContext
-from models.paper_omics import SURVPATH_N_GENES, paper_pathways
+from models.paper.omics import SURVPATH_N_GENES, paper_pathways
 from models.registry import register_model
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import get_profile
-from bench.data.sites import IN_DOMAIN_SITES, OOD_SITES
+from models.paper.sites import IN_DOMAIN_SITES, OOD_SITES
 from bench.errors import BenchError, unknown_name
 from bench.registry import all_models
 from bench.results import ResultStore, store_path

@@ -20,7 +20,7 @@ import torch
 from bench.config import Profile, RunConfig, get_profile
 from bench.data.cohort import Cohort
 from bench.errors import BenchError
-from bench.data.sites import IN_DOMAIN_SITES, OOD_SITES
+from models.paper.sites import IN_DOMAIN_SITES, OOD_SITES
 from bench.registry import get_model
 from bench.results import Lease, ResultRow, ResultStore
 from models.base import ModelContext

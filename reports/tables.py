@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tabulate import tabulate
 
-from reports.reference import published
+from models.paper.reference import published
 
 TASK_METRIC = {"subtype": ("test_balanced_accuracy", "Cancer subtype prediction (balanced accuracy)"),
                "survival": ("test_c_index", "Survival prediction (C-index)")}

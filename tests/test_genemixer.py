@@ -9,7 +9,7 @@ from torch import nn
 from baselines.genemixer import GeneMixerModel, genemixer
 from models.base import ModelContext, count_parameters
 from models.genemixer import PAPER_GENE_MIXER, GeneMixer, GeneMixerConfig, PathwaySNN
-from models.paper_omics import paper_pathways
+from models.paper.omics import paper_pathways
 from models.registry import registered
 
 

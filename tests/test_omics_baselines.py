@@ -11,7 +11,7 @@ from baselines.mlp import MLPOmics
 from baselines.smlp import SparseMLPOmics
 from baselines.snn import SNNOmics
 from models.base import ModelContext, count_parameters
-from models.paper_omics import paper_pathways
+from models.paper.omics import paper_pathways
 from models.registry import registered
 
 N_GENES, N_PATHWAYS = 60, 8

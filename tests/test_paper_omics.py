@@ -1,4 +1,4 @@
-"""The paper's omics configuration (models/paper_omics.py) reproduces the reference counts exactly."""
+"""The paper's omics configuration (models/paper/omics.py) reproduces the reference counts exactly."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import paper_omics
-from models.paper_omics import family_sizes, paper_families, paper_pathways, pathway_sizes
+from models.paper import omics as paper_omics
+from models.paper.omics import family_sizes, paper_families, paper_pathways, pathway_sizes
 
 SURVPATH_MIRROR = Path("/work/.mirror/mahmoodlab+SurvPath/repo")
 

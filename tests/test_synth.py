@@ -13,7 +13,7 @@ import pytest
 from bench.data import format as fmt
 from bench.data import synth
 from bench.data.fingerprint import content_fingerprint
-from bench.data.sites import ALL_SITES, site_info
+from models.paper.sites import ALL_SITES, site_info
 
 
 TinyViews = tuple[pd.DataFrame, np.ndarray, pd.DataFrame]
@@ -305,7 +305,7 @@ def test_cohort_files_follow_the_format(tiny: Path) -> None:
 
 
 def test_paper_scale_uses_the_paper_pathway_membership() -> None:
-    from models.paper_omics import pathway_sizes
+    from models.paper.omics import pathway_sizes
 
     structure = synth.gene_structure("paper", seed=0)
     assert structure.membership.shape == (4987, 331)

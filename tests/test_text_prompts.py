@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from bench.data import format as fmt
-from bench.data.sites import ALL_SITES, site_info
+from models.paper.sites import ALL_SITES, site_info
 from bench.errors import BenchError
 from bench.text_cache import case_prompts, cohort_prompts
 from models.text.prompts import TEXT_TASKS, PromptError, build_prompts, survival_bin_phrases

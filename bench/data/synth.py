@@ -99,8 +99,8 @@ import pandas as pd
 
 from bench.data import format as fmt
 from bench.data.fingerprint import stamp_fingerprint
-from bench.data.sites import ALL_SITES, SiteInfo, resolve_site, site_info
-from reports.reference import paper_reference
+from models.paper.sites import ALL_SITES, SiteInfo, resolve_site, site_info
+from models.paper.reference import paper_reference
 
 logger = logging.getLogger(__name__)
 
@@ -590,7 +590,7 @@ def gene_structure(scale: str | ScaleSpec, seed: int = 0) -> GeneStructure:
         raise ValueError(f"need at least one gene per pathway, got {g} genes for {p} pathways")
     paper_shape = _paper_membership_shape()
     if (g, p) == paper_shape:
-        from models.paper_omics import paper_pathways
+        from models.paper.omics import paper_pathways
 
         membership = paper_pathways(g).numpy().astype(np.uint8)
     else:

@@ -34,7 +34,7 @@ from models.genemixer import GeneMixer, GeneMixerConfig
 from models.modaltune.adapter import InteractionBlock, interaction_groups
 from models.modaltune.backbones import GigaPathBackbone, SlideBackbone, TitanBackbone
 from models.modaltune.model import MODALTUNE_TASKS, PAPER_CONFIGS, ModalTune, ModalTuneConfig
-from models.paper_omics import PAPER_N_GENES, paper_pathways
+from models.paper.omics import PAPER_N_GENES, paper_pathways
 from models.registry import register_model
 from models.slide_encoders import SLIDE_ENCODERS, build_slide_encoder, slide_encoder_paper_context
 

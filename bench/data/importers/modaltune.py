@@ -53,7 +53,7 @@ import pandas as pd
 from bench.data import format as fmt
 from bench.data.fingerprint import stamp_fingerprint
 from bench.errors import BenchError
-from bench.data.sites import ALL_SITES, site_info
+from models.paper.sites import ALL_SITES, site_info
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The paper's published figures (``paper_reference.json``, made from the paper and its release).
+"""The paper's published figures (``reference.json`` beside this module, made from the paper and its release).
 
 Only figures the paper publishes are here; a method without a published number renders as "n/a".
 """
@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-REFERENCE_PATH = Path(__file__).with_name("paper_reference.json")
+REFERENCE_PATH = Path(__file__).with_name("reference.json")
 
 
 @lru_cache(maxsize=1)

@@ -1,6 +1,6 @@
 """The six TCGA sites of the paper: class groupings (Table 4), bin edges (Table 5), counts (Table 1).
 
-All figures come from ``reports/paper_reference.json``; nothing here is typed in by hand.
+All figures come from ``models/paper/reference.json``; nothing here is typed in by hand.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from reports.reference import paper_reference
+from models.paper.reference import paper_reference
 
 IN_DOMAIN_SITES = ("BRCA", "GBMLGG", "NSCLC", "RCC")
 OOD_SITES = ("COADREAD", "BLCA")
