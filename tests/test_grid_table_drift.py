@@ -156,8 +156,5 @@ def test_drift_grid_covers_every_regime_and_both_fusion_heads() -> None:
     assert covered == regimes, f"regimes without a drift run: {sorted(regimes - covered)}"
     models = {model for model, _, _ in DRIFT_RUNS}
     assert {"abmil_cat", "abmil_kp"} <= models
-    recorded = json.loads((REPO / "tests" / "drift" / "expected.json").read_text())["metrics"]
-    for model, site, task in DRIFT_RUNS:
-        tasks = ("subtype", "survival") if task == "multitask" else (task,)
-        assert any(key.startswith(f"{model}/{site}/{t}/") for t in tasks for key in recorded), \
-            f"{model} {site} {task} is in the drift grid but not recorded; run `make drift-record`"
+    recorded = {key.split("/")[0] for key in json.loads((REPO / "tests" / "drift" / "expected.json").read_text())["metrics"]}
+    assert models == recorded, f"drift grid and recorded metrics differ: run `make drift-record` ({sorted(models ^ recorded)})"
