@@ -45,6 +45,12 @@ def get_model(name: str) -> ModelEntry:
     return entry
 
 
+def create_model(name: str, ctx: ModelContext, **overrides: Any) -> torch.nn.Module:
+    """Build the registered model ``name`` for ``ctx`` (timm's ``create_model``): a variant's own
+    overrides first, then ``overrides``."""
+    return get_model(name).build(ctx, **overrides)
+
+
 def resolve_models(names: str | list[str] | None) -> list[str]:
     """Validate a comma-separated (or list) selection of model names."""
     if names is None:
