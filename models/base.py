@@ -10,8 +10,10 @@ the task head:
     the task head (``K`` = number of subtype classes, or 4 survival bins);
 ``forward(batch) -> [B, K]``
     ``forward_head(forward_features(batch))``;
-``compute_loss(batch, task)`` / ``predict(batch, task)``
-    the task loss and the task prediction, from :mod:`models.tasks`.
+``compute_loss(batch, task, alpha_surv=0.0)`` / ``predict(batch, task)``
+    the task loss and the task prediction, from :mod:`models.tasks`. The harness trains through
+    ``compute_loss``: a model with auxiliary objectives returns a dict holding the total under
+    ``"loss"`` and each named term beside it (every term is logged as ``train_<name>``).
 
 Batch keys (a model reads only those of its modalities):
 
@@ -92,8 +94,10 @@ class BenchModel(nn.Module, ABC):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.forward_head(self.forward_features(batch))
 
-    def compute_loss(self, batch: dict[str, torch.Tensor], task: str) -> torch.Tensor:
-        return tasks.task_loss(self(batch), batch, task)
+    def compute_loss(self, batch: dict[str, torch.Tensor], task: str,
+                     alpha_surv: float = 0.0) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The training loss of ``task`` (``alpha_surv``: SurvPath's weight of the uncensored term)."""
+        return tasks.task_loss(self(batch), batch, task, alpha=alpha_surv)
 
     @torch.no_grad()
     def predict(self, batch: dict[str, torch.Tensor], task: str) -> torch.Tensor:

@@ -70,15 +70,21 @@ class DistillModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         z = self.model.forward_tasks(batch)
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.projector_trains):
             y = self.projector(batch["text"][:, self.text_rows].to(z.dtype))
-        loss = distillation_loss(z, y)
-        self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(batch["label"]))
-        return loss
+        kl = distillation_loss(z, y)
+        self.log("train_loss", kl.detach(), on_step=False, on_epoch=True, batch_size=len(batch["label"]))
+        self.log("train_kl", kl.detach(), on_step=False, on_epoch=True, batch_size=len(batch["label"]))
+        return kl
+
+    @property
+    def projector_trains(self) -> bool:
+        """True when the text projector has trainable parameters (the Trainable Projector ablation)."""
+        return any(p.requires_grad for p in self.projector.parameters())
 
     def configure_optimizers(self):
         s = self.settings
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in self.parameters() if p.requires_grad]  # the model's and a trainable projector's
         optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
 
         def factor(epoch: int) -> float:

@@ -43,10 +43,10 @@ class SupervisedModule(L.LightningModule):
         self.val_history: list[float] = []
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        logits = self.model(batch)
-        loss = tasks.task_loss(logits, batch, self.task, alpha=self.profile.alpha_surv)
-        self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(batch["label"]))
-        return loss
+        terms = loss_terms(self.model.compute_loss(batch, self.task, alpha_surv=self.profile.alpha_surv))
+        for name, value in terms.items():
+            self.log(f"train_{name}", value.detach(), on_step=False, on_epoch=True, batch_size=len(batch["label"]))
+        return terms["loss"]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._val_outputs.append((self.model(batch).float().cpu(), _targets(batch)))
@@ -73,6 +73,15 @@ class SupervisedModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def loss_terms(out: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A model's ``compute_loss`` result as named terms: ``{"loss": total, <term>: value, ...}``."""
+    if isinstance(out, dict):
+        if "loss" not in out:
+            raise ValueError(f"compute_loss returned terms {sorted(out)} without the total under 'loss'")
+        return out
+    return {"loss": out}
 
 
 def _targets(batch: dict[str, Any]) -> dict[str, torch.Tensor]:

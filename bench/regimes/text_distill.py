@@ -1,0 +1,65 @@
+"""The ``text_distill`` regime (ModalTune and its ablations): one multitask run distilling projected
+text embeddings into the model's task embeddings; the general-task embedding of the best epoch is
+linear-probed for both tasks (:mod:`bench.train.distill`). A pan-cancer model trains on every
+in-domain site of the cohort at once and stores rows per site."""
+
+from __future__ import annotations
+
+import lightning as L
+
+from bench.data.dataset import SiteData, prepare_site
+from bench.errors import BenchError
+from bench.regimes.base import PANCANCER, Evaluation, Fitted, Regime, RunEnv, RunPlan
+from bench.regimes.deploy import TRANSFER_SOURCE
+from models.paper.sites import IN_DOMAIN_SITES, OOD_SITES
+from models.registry import ModelEntry
+
+
+class TextDistill(Regime):
+    name = "text_distill"
+
+    def validate(self, entry: ModelEntry, site: str, available: list[str], where: str) -> str:
+        from bench.errors import unknown_name
+
+        if entry.pancancer:
+            if site.upper() != PANCANCER and site.upper() not in available:
+                raise unknown_name("site", site, [s.lower() for s in available] + [PANCANCER.lower()])
+            if not any(s in available for s in IN_DOMAIN_SITES):
+                raise BenchError(f"model {entry.name} trains on the in-domain sites ({', '.join(IN_DOMAIN_SITES)}); "
+                                 f"{where} has none of them")
+            return PANCANCER
+        canonical = super().validate(entry, site, available, where)
+        if canonical in OOD_SITES:
+            raise BenchError(f"{entry.label} on {canonical} is the {TRANSFER_SOURCE}-trained (or pan-cancer) model "
+                             f"deployed out of distribution (Table 3): run --site {TRANSFER_SOURCE.lower()} "
+                             "(or the pan-cancer model)")
+        return canonical
+
+    def training_sites(self, plan: RunPlan) -> list[str]:
+        if not plan.entry.pancancer:
+            return [plan.site]
+        return [s for s in IN_DOMAIN_SITES if s in plan.cohort.sites]
+
+    def prepare(self, plan: RunPlan) -> dict[str, SiteData]:
+        from bench.runner import ensure_text_cache
+
+        text = ensure_text_cache(plan.cohort, plan.profile.distill.text_encoder)
+        return {s: prepare_site(plan.cohort, s, "multitask", plan.entry.modalities, plan.entry.name,
+                                plan.profile.max_patches_train, text=text) for s in self.training_sites(plan)}
+
+    def fit(self, plan: RunPlan, data: dict[str, SiteData], env: RunEnv) -> Fitted:
+        from bench.train.distill import train_distill
+        from models.text.projector import TextProjector
+
+        text_dim = next(iter(data.values())).splits["train"].text.shape[-1]
+        L.seed_everything(plan.seed, workers=True, verbose=False)
+        model = plan.build_model(4)
+        projector = TextProjector(in_dim=text_dim, out_dim=model.embed_dim, seed=plan.seed)
+        outcome = train_distill(model, projector, data, plan.profile.distill, run_dir=env.run_dir,
+                                loggers=env.loggers, progress=env.progress)
+        return Fitted(model=model, best_epoch=outcome.best_epoch, extra={"metrics": outcome.metrics})
+
+    def evaluate(self, plan: RunPlan, data: dict[str, SiteData], fitted: Fitted, env: RunEnv) -> list[Evaluation]:
+        metrics = fitted.extra["metrics"]
+        return [Evaluation(s, t, {**metrics[s][t], "best_epoch": fitted.best_epoch}, data[s])
+                for s in data for t in ("subtype", "survival")]
