@@ -35,6 +35,20 @@ class CohortError(BenchError):
         super().__init__(message)
 
 
+class CohortImportError(BenchError, ValueError):
+    """A release file cannot be imported as a cohort. The message names the file, the patient or row and
+    the field at fault, and says how to fix it."""
+
+
+class CohortTargetError(CohortImportError, FileExistsError):
+    """A cohort's output directory holds something that is not a cohort, so it is not overwritten.
+
+    The one error of :mod:`bench.data.publish` for the generator, the importer and the runner alike:
+    a :class:`CohortImportError` because the importer raises nothing else for bad input, and a
+    :class:`FileExistsError` as the generator has always raised for this.
+    """
+
+
 def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> BenchError:
     """The error for an unknown site / model / table name, listing the valid ones."""
     return BenchError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(sorted(valid))}")

@@ -68,26 +68,22 @@ def ensure_cohort(path: str | Path | None, scale: str) -> Cohort:
 
 
 def _generate_embedded(target: Path, scale: str) -> None:
-    """Generate the embedded cohort into a private sibling directory and rename it onto ``target``.
+    """Generate the embedded cohort into a private sibling directory and publish it as ``target``.
 
-    Two processes may generate it at once (two grids started together): the rename of a directory
-    onto a non-empty one fails, so the first to finish publishes it and the other discards its copy
-    and uses the published one; a reader never sees a half-written or replaced cohort.
+    Two processes may generate it at once (two grids started together): publishing does not replace
+    a cohort here (:func:`bench.data.publish.install` with ``replace=False``), so the first to finish
+    publishes it and the other discards its copy and uses the published one; a reader never sees a
+    half-written or replaced cohort. A ``target`` that is not a cohort is refused before generating.
     """
+    from bench.data.publish import install, refuse_foreign
     from bench.data.synth import generate_cohort
 
-    if target.is_dir() and any(target.iterdir()) and not (target / "cohort.json").is_file():
-        raise BenchError(f"{target} is a non-empty directory without cohort.json, where the embedded synthetic "
-                         f"{scale} cohort belongs: move it away, or point $BENCH_COHORTS elsewhere")
+    refuse_foreign(target)
     log.info("generating the embedded synthetic %s cohort in %s", scale, target)
     private = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     try:
         generate_cohort(private, scale=scale, seed=0)
-        os.rename(private, target)
-    except OSError:
-        if not (target / "cohort.json").is_file():
-            raise
-        log.info("another process published %s meanwhile; using it", target)
+        install(private, target, replace=False)
     finally:
         shutil.rmtree(private, ignore_errors=True)
 
@@ -118,7 +114,8 @@ def run_config(model: str, site: str, task: str, seed: int, profile: Profile, co
 
 def synthetic_context(scale: str, n_outputs: int, profile: str) -> ModelContext:
     """The context a model gets on the embedded synthetic cohort of ``scale``, without generating it."""
-    from bench.data.synth import SCALES, gene_structure
+    from bench.data.synth_counts import SCALES
+    from bench.data.synth_omics import gene_structure
 
     spec = SCALES[scale]
     genes = gene_structure(spec)

@@ -221,11 +221,29 @@ def test_features_are_linked_or_converted(release):
         np.testing.assert_array_equal(f["coords"][:], [[0, 0], [256, 0], [0, 256], [256, 256]])
     with h5py.File(feats / "TCGA-AA-0003-01Z-00-DX1.h5", "r") as f:
         np.testing.assert_array_equal(f["features"][:], np.full((3, DIM), 2.0, np.float32))
-        assert f["coords"].shape == (3, 2) and not f["coords"][:].any()
+        # no coords in the bare tensor: the raster runs give such a file (256-px tiles, 1000 per row)
+        np.testing.assert_array_equal(f["coords"][:], [[0, 0], [256, 0], [512, 0]])
     assert sorted(p.name for p in feats.iterdir()) == sorted(
         ["TCGA-AA-0001-01Z-00-DX1.h5", "TCGA-AA-0002-01Z-00-DX1.h5", "TCGA-AA-0003-01Z-00-DX1.h5",
          "TCGA-AA-0005-01Z-00-DX1.h5", "TCGA-AA-0005-01Z-00-DX2.h5", "TCGA-AA-0005-01Z-00-DX3.h5",
          "TCGA-BB-0001-01Z-00-DX1.h5"])
+
+
+def test_importer_and_runtime_reader_agree_on_a_pt_without_coords(release):
+    """A coords-less .pt gets the same coords whether a run reads it or the importer converts it."""
+    from bench.data.features import RASTER_WIDTH, read_feature_file
+
+    source = release["features"] / "pt" / "TCGA-AA-0003-01Z-00-DX1.pt"
+    n = RASTER_WIDTH + 3  # wraps onto a second raster row
+    torch.save(torch.arange(n * DIM, dtype=torch.float64).reshape(n, DIM), source)
+    full_import(release)
+    runtime_feats, runtime_coords = read_feature_file(source)
+    imported = release["out"] / fmt.FEATURES_DIR / "TCGA-AA-0003-01Z-00-DX1.h5"
+    imported_feats, imported_coords = read_feature_file(imported)
+    np.testing.assert_array_equal(imported_feats, runtime_feats)
+    np.testing.assert_array_equal(imported_coords, runtime_coords)
+    assert runtime_coords.shape == (n, 2) and len(np.unique(runtime_coords, axis=0)) == n  # no two patches stacked
+    assert runtime_coords[[1, RASTER_WIDTH, n - 1]].tolist() == [[256, 0], [0, 256], [512, 256]]
 
 
 def test_import_stores_a_content_fingerprint_independent_of_source_paths(release, tmp_path):

@@ -1,4 +1,5 @@
-"""Tests of the synthetic cohort generator (bench.data.synth): counts, format, determinism, signal."""
+"""Tests of the synthetic cohort generator (bench.data.synth and its model modules): counts, format,
+determinism, signal."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 
 from bench.data import format as fmt
-from bench.data import synth
+from bench.data import synth, synth_counts, synth_omics, synth_patients
 from bench.data.fingerprint import content_fingerprint
 from models.paper.sites import ALL_SITES, site_info
 
@@ -25,8 +26,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def small() -> synth.SyntheticPatients:
-    return synth.simulate_patients("small", seed=0)
+def small() -> synth_patients.SyntheticPatients:
+    return synth_patients.simulate_patients("small", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -76,22 +77,23 @@ def test_allocate_exact_margins_and_proportional_cells() -> None:
     rng = np.random.default_rng(0)
     for _ in range(200):
         rows = rng.integers(0, 400, rng.integers(1, 5))
-        cols = synth._largest_remainder(int(rows.sum()), rng.uniform(0.05, 1.0, 3)) if rows.sum() else np.zeros(3, int)
-        table = synth.allocate(rows, cols)
+        cols = (synth_counts._largest_remainder(int(rows.sum()), rng.uniform(0.05, 1.0, 3)) if rows.sum()
+                else np.zeros(3, int))
+        table = synth_counts.allocate(rows, cols)
         assert (table.sum(1) == rows).all() and (table.sum(0) == cols).all()
         share = np.outer(rows, cols) / max(rows.sum(), 1)
         assert (np.abs(table - share) < 1).all()
 
 
 def test_allocate_min_cell_fills_small_groups_and_rejects_bad_margins() -> None:
-    table = synth.allocate([60, 3], [43, 7, 13], min_cell=1)
+    table = synth_counts.allocate([60, 3], [43, 7, 13], min_cell=1)
     assert table.sum(1).tolist() == [60, 3] and table.sum(0).tolist() == [43, 7, 13]
     assert table[1].tolist() == [1, 1, 1]
     with pytest.raises(ValueError):
-        synth.allocate([5, 5], [4, 5])
+        synth_counts.allocate([5, 5], [4, 5])
 
 
-def test_small_counts_match_table1_for_all_sites(small: synth.SyntheticPatients) -> None:
+def test_small_counts_match_table1_for_all_sites(small: synth_patients.SyntheticPatients) -> None:
     table = small.table
     assert list(table.columns) == list(fmt.PATIENT_COLUMNS)
     assert table["case_id"].is_unique
@@ -111,7 +113,7 @@ def test_small_counts_match_table1_for_all_sites(small: synth.SyntheticPatients)
 
 
 def test_tiny_counts_keep_proportions_and_every_group_in_every_split() -> None:
-    table = synth.build_patient_table("tiny", seed=0)
+    table = synth_patients.build_patient_table("tiny", seed=0)
     for site in ALL_SITES:
         info = site_info(site)
         rows = table[table["site"] == site]
@@ -127,22 +129,22 @@ def test_tiny_counts_keep_proportions_and_every_group_in_every_split() -> None:
             assert abs(fractions[split] - count / info.n_patients) < 0.03
 
 
-def test_sites_subset_and_seed_change(small: synth.SyntheticPatients) -> None:
-    alone = synth.build_patient_table("small", seed=0, sites=["rcc"])
+def test_sites_subset_and_seed_change(small: synth_patients.SyntheticPatients) -> None:
+    alone = synth_patients.build_patient_table("small", seed=0, sites=["rcc"])
     pd.testing.assert_frame_equal(alone, small.table[small.table["site"] == "RCC"].reset_index(drop=True))
-    other = synth.build_patient_table("small", seed=1, sites=["RCC"])
+    other = synth_patients.build_patient_table("small", seed=1, sites=["RCC"])
     assert not np.allclose(other["survival_months"], alone["survival_months"])
     assert (other["split"] != alone["split"]).any()
     with pytest.raises(KeyError, match="valid scales"):
-        synth.build_patient_table("huge")
+        synth_patients.build_patient_table("huge")
     with pytest.raises(KeyError, match="valid sites"):
-        synth.build_patient_table("tiny", sites=["lung"])
+        synth_patients.build_patient_table("tiny", sites=["lung"])
 
 
 # --- survival and clinical variables ----------------------------------------------------------
 
 
-def test_survival_follows_table5_bins_and_hazard(small: synth.SyntheticPatients) -> None:
+def test_survival_follows_table5_bins_and_hazard(small: synth_patients.SyntheticPatients) -> None:
     from sksurv.metrics import concordance_index_censored
 
     table, latents = small.table, small.latents
@@ -160,7 +162,7 @@ def test_survival_follows_table5_bins_and_hazard(small: synth.SyntheticPatients)
         assert risk[event].mean() > risk[~event].mean() + 0.3, site
 
 
-def test_fusion_of_wsi_and_rna_latents_beats_either_alone(small: synth.SyntheticPatients) -> None:
+def test_fusion_of_wsi_and_rna_latents_beats_either_alone(small: synth_patients.SyntheticPatients) -> None:
     from lifelines import CoxPHFitter
     from sksurv.metrics import concordance_index_censored
 
@@ -192,7 +194,7 @@ def test_fusion_of_wsi_and_rna_latents_beats_either_alone(small: synth.Synthetic
     assert c_index(["stage"]) > 0.55
 
 
-def test_site_hazard_weights_echo_the_paper(small: synth.SyntheticPatients) -> None:
+def test_site_hazard_weights_echo_the_paper(small: synth_patients.SyntheticPatients) -> None:
     """RNA carries more of RCC's hazard than WSI; glioblastoma (GBMLGG class 0) is far deadlier."""
     from sksurv.metrics import concordance_index_censored
 
@@ -209,7 +211,7 @@ def test_site_hazard_weights_echo_the_paper(small: synth.SyntheticPatients) -> N
     assert deaths[0] > deaths[1] + 0.2, deaths
 
 
-def test_clinical_strings_and_diagnoses_consistent(small: synth.SyntheticPatients) -> None:
+def test_clinical_strings_and_diagnoses_consistent(small: synth_patients.SyntheticPatients) -> None:
     table, latents = small.table, small.latents
     checks = {
         "stage": r"Stage (I|II|III|IV)[ABC]?",
@@ -239,7 +241,7 @@ def test_clinical_strings_and_diagnoses_consistent(small: synth.SyntheticPatient
             names = info.rare_names if label == fmt.RARE_LABEL else info.class_names[label]
             assert diagnosis in names, (site, label, diagnosis)
         assert 0.015 < (rows["has_rna"] == 0).mean() < 0.05
-        assert rows["case_id"].str.fullmatch(rf"TCGA-{synth.SITE_CODES[site]}-\d{{4}}").all()
+        assert rows["case_id"].str.fullmatch(rf"TCGA-{synth_patients.SITE_CODES[site]}-\d{{4}}").all()
     assert (table["has_wsi"] == 1).all()
     n_slides = table["slide_ids"].str.count(";") + 1
     assert n_slides.between(1, 3).all() and 1.1 < n_slides.mean() < 1.3
@@ -270,7 +272,8 @@ def test_cohort_files_follow_the_format(tiny: Path) -> None:
     patients = pd.read_csv(tiny / fmt.PATIENTS, keep_default_na=False)
     pd.testing.assert_frame_equal(
         patients.drop(columns="age"),
-        synth.build_patient_table("tiny", 0).drop(columns="age").astype({c: object for c in ("stage", "t", "n", "m")}),
+        synth_patients.build_patient_table("tiny", 0).drop(columns="age").astype(
+            {c: object for c in ("stage", "t", "n", "m")}),
         check_dtype=False,
     )
 
@@ -307,7 +310,7 @@ def test_cohort_files_follow_the_format(tiny: Path) -> None:
 def test_paper_scale_uses_the_paper_pathway_membership() -> None:
     from models.paper.omics import pathway_sizes
 
-    structure = synth.gene_structure("paper", seed=0)
+    structure = synth_omics.gene_structure("paper", seed=0)
     assert structure.membership.shape == (4987, 331)
     assert structure.membership.sum(0).tolist() == list(pathway_sizes(4987))
     assert (structure.membership.sum(1) >= 1).all()
@@ -380,7 +383,7 @@ def test_subtype_is_recoverable_from_patches_and_rna(tiny_views: TinyViews) -> N
     assert np.mean(rna_scores) > 0.62, rna_scores
 
 
-def test_subtype_signal_is_neither_absent_nor_saturated(small: synth.SyntheticPatients) -> None:
+def test_subtype_signal_is_neither_absent_nor_saturated(small: synth_patients.SyntheticPatients) -> None:
     """At ``small`` scale the classes overlap (patient-level noise) yet stay well above chance.
 
     WSI: a probe on the true tumour phenotype (what a perfect attention pooling sees, patch noise
@@ -395,7 +398,7 @@ def test_subtype_signal_is_neither_absent_nor_saturated(small: synth.SyntheticPa
         model = LogisticRegression(C=0.05, max_iter=2000, class_weight="balanced")
         return balanced_accuracy_score(y, cross_val_predict(model, x, y, cv=StratifiedKFold(3, shuffle=True, random_state=0)))
 
-    structure = synth.gene_structure("small", seed=0)
+    structure = synth_omics.gene_structure("small", seed=0)
     wsi, rna = {}, {}
     for site in ("BRCA", "GBMLGG", "NSCLC"):
         rows = (small.table["site"] == site).to_numpy()
@@ -403,8 +406,8 @@ def test_subtype_signal_is_neither_absent_nor_saturated(small: synth.SyntheticPa
         labelled = small.table["label"].to_numpy()[rows] >= 0
         y = latents["group"].to_numpy()[labelled]
         wsi[site] = probe(np.stack(latents["wsi_phenotype"].to_numpy())[labelled], y)
-        n_groups = synth.site_counts(site, "small").table.shape[0]
-        expression = synth._rna_matrix(site, latents, n_groups, structure, seed=0)
+        n_groups = synth_counts.site_counts(site, "small").table.shape[0]
+        expression = synth_omics.rna_matrix(site, latents, n_groups, structure, seed=0)
         expression = (expression - expression.mean(0)) / expression.std(0)
         rna[site] = probe(expression[labelled], y)
     # Measured: WSI 0.96 / 0.94 / 0.94, RNA 0.81 / 1.00 / 0.87 (BRCA / GBMLGG / NSCLC).
@@ -416,8 +419,8 @@ def test_subtype_signal_is_neither_absent_nor_saturated(small: synth.SyntheticPa
 
 def test_subtype_signal_sits_in_a_minority_of_patches(tiny: Path) -> None:
     patients = pd.read_csv(tiny / fmt.PATIENTS)
-    latents = synth.simulate_patients("tiny", 0).latents
-    wsi = synth._wsi_model(synth.SCALES["tiny"], 0, ALL_SITES)
+    latents = synth_patients.simulate_patients("tiny", 0).latents
+    wsi = synth_omics.wsi_model(synth_counts.SCALES["tiny"], 0, ALL_SITES)
     top_decile, bottom_decile, median, own_phenotype = [], [], [], []
     for ids, site, group, phenotype in zip(
         patients["slide_ids"], patients["site"], latents["group"], latents["wsi_phenotype"]
@@ -439,7 +442,7 @@ def test_subtype_signal_sits_in_a_minority_of_patches(tiny: Path) -> None:
 
 def test_hazard_latents_are_recoverable_from_files(tiny_views: TinyViews) -> None:
     patients, pooled, pathway_scores = tiny_views
-    latents = synth.simulate_patients("tiny", 0).latents
+    latents = synth_patients.simulate_patients("tiny", 0).latents
     wsi_corr, rna_corr = [], []
     for site in ALL_SITES:
         rows = (patients["site"] == site).to_numpy()

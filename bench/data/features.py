@@ -1,4 +1,8 @@
-"""Patch features: reading CLAM/TRIDENT files and a memory-mapped bag store per set of patients.
+"""Patch features: the one reader of feature files, and a memory-mapped bag store per set of patients.
+
+:func:`open_feature_file` reads a slide's CLAM/TRIDENT ``.h5`` or ``.pt`` (:class:`FeatureFile` says
+which layouts, and where a ``.pt`` without coordinates places its patches); runs, ``data validate``,
+the content fingerprint (:mod:`bench.data.fingerprint`) and the importer all read through it.
 
 A patient's bag is the concatenation of all its slides' patches. Reading hundreds of small HDF5
 files every epoch is slow, and holding every bag in RAM does not scale to the paper's cohorts, so
@@ -18,53 +22,148 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from bench.data import format as fmt
-from bench.errors import BenchError
+from bench.errors import BenchError, CohortError
 
 log = logging.getLogger(__name__)
-_GRID = 1000  # raster width used when a .pt file holds features without coordinates
+FEATURE_SUFFIXES = (".h5", ".pt")  # the order a slide's files are preferred in: its .h5 wins over its .pt
+RASTER_WIDTH = 1000  # tiles per row of the raster a .pt without coordinates is placed on
+
+
+class FeatureFile:
+    """One slide's patch features, open for reading (from :func:`open_feature_file`).
+
+    The one reader of feature files: runs (:class:`BagStore`, ``data validate``), the content
+    fingerprint and the importer all read through it, so they see the same arrays. Two layouts:
+
+    - a CLAM/TRIDENT ``.h5`` with datasets ``features [N, D]`` and ``coords [N, 2]``;
+    - a ``.pt`` holding a tensor ``[N, D]``, or a dict with ``features`` and optionally ``coords``.
+
+    A leading axis of 1 (``[1, N, D]``, ``[1, N, 2]``) is dropped from either array; a scalar
+    ``features`` is refused (it has no patch axis). A ``.pt``
+    without coordinates is not refused: its patches are placed in file order on a raster of
+    256-px tiles, :data:`RASTER_WIDTH` per row (:func:`raster_coords`), the layout runs have always
+    given such a file, fixed by its patch count alone. Features are read lazily (:meth:`rows`), so a
+    large ``.h5`` can be hashed block by block; a ``.pt`` is memory-mapped where torch can.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...], read_rows: Callable[[slice], np.ndarray],
+                 read_coords: Callable[[], np.ndarray | None]):
+        if not shape:
+            raise CohortError(f"{path}: 'features' is a scalar, not patches x dims [N, D]; re-extract the slide")
+        self.path = path
+        self.shape = shape  # of the features, a leading axis of 1 dropped: (N, D) for a well-formed file
+        self._read_rows = read_rows
+        self._read_coords = read_coords
+
+    def rows(self, index: slice = slice(None)) -> np.ndarray:
+        """Features of the patches ``index`` as float32."""
+        with _decoding(self.path):
+            return self._read_rows(index)
+
+    def stored_coords(self) -> np.ndarray | None:
+        """Coordinates as the file stores them (dtype kept, a leading axis of 1 dropped), None if it stores none."""
+        with _decoding(self.path):
+            coords = self._read_coords()
+        if coords is not None and coords.ndim == 3 and coords.shape[0] == 1:
+            coords = coords[0]
+        return coords
+
+    def coords(self) -> np.ndarray:
+        """Coordinates of the patches: the stored ones, else the raster of a ``.pt`` without them."""
+        stored = self.stored_coords()
+        return raster_coords(self.shape[0]) if stored is None else stored
+
+
+def raster_coords(n: int) -> np.ndarray:
+    """``int64 [n, 2]`` level-0 pixel coordinates of ``n`` patches laid out row by row on a raster of
+    256-px tiles, :data:`RASTER_WIDTH` tiles per row: the layout of a ``.pt`` that stores no coordinates."""
+    idx = np.arange(n)
+    return np.stack([idx % RASTER_WIDTH, idx // RASTER_WIDTH], axis=1) * fmt.PATCH_SIZE_PX
+
+
+@contextmanager
+def _decoding(path: Path) -> Iterator[None]:
+    """Turn whatever h5py / torch raise for a broken file into a :class:`CohortError` naming it."""
+    try:
+        yield
+    except BenchError:
+        raise
+    except Exception as err:  # h5py / torch raise many unrelated types for a corrupt file
+        raise CohortError(f"{path}: unreadable feature file ({type(err).__name__}: {err}); re-extract the slide"
+                          ) from err
+
+
+@contextmanager
+def open_feature_file(path: Path) -> Iterator[FeatureFile]:
+    """Open an ``.h5`` or ``.pt`` feature file (layouts in :class:`FeatureFile`); closed on leaving the block.
+
+    Raises :class:`CohortError` naming the file when it cannot be decoded or lacks its arrays.
+    """
+    path = Path(path)
+    if path.suffix == ".pt":
+        import torch
+
+        with _decoding(path):
+            feats, coords = _load_pt(path)
+        squeeze = feats.ndim == 3 and feats.shape[0] == 1
+        yield FeatureFile(path, tuple(feats.shape[1:] if squeeze else feats.shape),
+                          lambda index: (feats[0, index] if squeeze else feats[index]).to(torch.float32).numpy(),
+                          lambda: coords)
+        return
+    import h5py
+
+    with _decoding(path):
+        handle = h5py.File(path, "r")
+    try:
+        if "features" not in handle or "coords" not in handle:
+            raise CohortError(f"{path}: expected datasets 'features' and 'coords' (CLAM/TRIDENT layout), found "
+                              f"{sorted(handle.keys())}; re-extract the slide")
+        feats = handle["features"]
+        squeeze = feats.ndim == 3 and feats.shape[0] == 1
+        yield FeatureFile(path, tuple(feats.shape[1:] if squeeze else feats.shape),
+                          lambda index: np.asarray(feats[0, index] if squeeze else feats[index], dtype=np.float32),
+                          lambda: np.asarray(handle["coords"][()]))
+    finally:
+        handle.close()
+
+
+def _load_pt(path: Path) -> tuple[Any, np.ndarray | None]:
+    """Features (a tensor, memory-mapped where torch can) and stored coordinates (None if none) of a ``.pt``."""
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a legacy (non-zip) .pt cannot be memory-mapped
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    coords = None
+    if isinstance(obj, dict):
+        if "features" not in obj:
+            raise CohortError(f"{path}: a dict .pt needs a 'features' entry, found {sorted(map(str, obj))}; "
+                              "re-extract the slide")
+        obj, coords = obj["features"], obj.get("coords")
+    if coords is not None:
+        coords = torch.as_tensor(coords)
+        if coords.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds every value exactly
+            coords = coords.to(torch.float32)
+        coords = coords.numpy()
+    return torch.as_tensor(obj), coords
 
 
 def read_feature_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(features float32 [N, D], coords float32 [N, 2])`` from an ``.h5`` or ``.pt`` file.
+    """``(features float32 [N, D], coords float32 [N, 2])`` of an ``.h5`` or ``.pt`` (:class:`FeatureFile`).
 
-    A ``.pt`` may hold a tensor ``[N, D]`` (coordinates then follow a 256-px raster of width 1000)
-    or a dict with ``features`` and optionally ``coords``. Raises ``BenchError`` naming the file.
+    Raises :class:`CohortError` naming the file.
     """
-    try:
-        if path.suffix == ".pt":
-            import torch
-
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-            feats = obj["features"] if isinstance(obj, dict) else obj
-            coords = obj.get("coords") if isinstance(obj, dict) else None
-            feats = np.asarray(feats, dtype=np.float32)
-            if coords is None:
-                idx = np.arange(len(feats))
-                coords = np.stack([idx % _GRID, idx // _GRID], axis=1) * fmt.PATCH_SIZE_PX
-            coords = np.asarray(coords, dtype=np.float32)
-        else:
-            import h5py
-
-            with h5py.File(path, "r") as f:
-                if "features" not in f or "coords" not in f:
-                    raise BenchError(f"{path}: expected datasets 'features' and 'coords' (CLAM/TRIDENT layout), "
-                                     f"found {sorted(f.keys())}; re-extract the features")
-                feats = np.asarray(f["features"][()], dtype=np.float32)
-                coords = np.asarray(f["coords"][()], dtype=np.float32)
-    except BenchError:
-        raise
-    except Exception as err:  # h5py / torch raise many types for a corrupt file
-        raise BenchError(f"{path}: unreadable feature file ({type(err).__name__}: {err}); re-extract it") from err
-    if feats.ndim == 3 and feats.shape[0] == 1:
-        feats = feats[0]
-    if coords.ndim == 3 and coords.shape[0] == 1:
-        coords = coords[0]
-    return feats, coords
+    with open_feature_file(path) as slide:
+        return slide.rows(), np.asarray(slide.coords(), dtype=np.float32)
 
 
 def feature_problems(path: Path, feats: np.ndarray, coords: np.ndarray, dim: int | None) -> list[str]:
@@ -86,6 +185,7 @@ def feature_problems(path: Path, feats: np.ndarray, coords: np.ndarray, dim: int
 
 
 def check_feature_file(path: Path, dim: int | None) -> list[str]:
+    """Every problem of one slide's feature file (unreadable, layout, dimension, NaN/Inf); empty if none."""
     try:
         feats, coords = read_feature_file(path)
     except BenchError as err:
@@ -178,7 +278,7 @@ class BagStore:
 def slide_path(root: Path, case: str, slide_id: str) -> Path:
     """The feature file of one slide of patient ``case``: ``features/<slide>.h5``, else ``.pt``."""
     base = root / fmt.FEATURES_DIR
-    for suffix in (".h5", ".pt"):
+    for suffix in FEATURE_SUFFIXES:
         path = base / f"{slide_id}{suffix}"
         if path.exists():
             return path
@@ -187,17 +287,9 @@ def slide_path(root: Path, case: str, slide_id: str) -> Path:
 
 
 def _slide_len(path: Path, case: str) -> int:
-    """Number of patches in a slide file without reading its data."""
-    if path.suffix == ".h5":
-        try:
-            import h5py
-
-            with h5py.File(path, "r") as f:
-                if "features" in f:
-                    shape = f["features"].shape
-                    return int(shape[1] if len(shape) == 3 else shape[0])
-        except Exception as err:
-            raise BenchError(f"patient {case}: {path}: unreadable feature file ({type(err).__name__}: {err}); "
-                             "re-extract it") from err
-    feats, _ = read_feature_file(path)
-    return int(feats.shape[0]) if feats.ndim == 2 else 0
+    """Number of patches in a slide file without reading its features (0 if they are not ``[N, D]``)."""
+    try:
+        with open_feature_file(path) as slide:
+            return slide.shape[0] if len(slide.shape) == 2 else 0
+    except BenchError as err:
+        raise BenchError(f"patient {case}: {err}") from err

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from bench.data import format as fmt
+from bench.data.features import FEATURE_SUFFIXES, FeatureFile, open_feature_file
 from bench.errors import CohortError
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,6 @@ SCHEME = "modaltune-bench cohort content fingerprint, scheme 1"
 _HEX16 = re.compile(r"^[0-9a-f]{16}$")
 _INT_COLUMNS = ("label", "event", "survival_bin", "has_rna", "has_wsi")
 _FLOAT_COLUMNS = ("survival_months", "age")
-_FEATURE_SUFFIXES = (".h5", ".pt")  # a slide's .h5 wins over its .pt, as in features.slide_path
 _BLOCK_ELEMENTS = 1 << 22  # feature values hashed per block (16 MiB of float32)
 _PROGRESS_MIN_SLIDES = 2000
 
@@ -116,8 +116,9 @@ def content_fingerprint(root: str | Path) -> str:
     6. Every feature file ``features/<slide>.h5`` or ``.pt`` (the ``.h5`` when a slide has both, as
        runs read it), sorted by slide id: the slide id, ``features`` as little-endian float32 in its
        shape (a leading axis of 1 dropped), hashed block by block, and ``coords`` as float64 (exact
-       for integer pixel coordinates, so int32/int64/float coords alike), or "absent" for a bare
-       ``.pt`` tensor. Other files under ``features/`` and hidden files are ignored.
+       for integer pixel coordinates, so int32/int64/float coords alike), or "absent" for a ``.pt``
+       that stores none. Files are decoded by :func:`bench.data.features.open_feature_file`, the
+       reader runs use. Other files under ``features/`` and hidden files are ignored.
 
     Every NaN hashes alike. Raises :class:`CohortError` naming the file, row and field when a file
     cannot be decoded.
@@ -336,10 +337,10 @@ def _feature_files(features_dir: Path) -> list[tuple[str, Path]]:
         return []
     chosen: dict[str, Path] = {}
     for path in features_dir.iterdir():
-        if path.name.startswith(".") or path.suffix not in _FEATURE_SUFFIXES or not path.is_file():
+        if path.name.startswith(".") or path.suffix not in FEATURE_SUFFIXES or not path.is_file():
             continue
         held = chosen.get(path.stem)
-        if held is None or _FEATURE_SUFFIXES.index(path.suffix) < _FEATURE_SUFFIXES.index(held.suffix):
+        if held is None or FEATURE_SUFFIXES.index(path.suffix) < FEATURE_SUFFIXES.index(held.suffix):
             chosen[path.stem] = path
     return sorted(chosen.items())
 
@@ -354,16 +355,8 @@ def _hash_features(digest: _Digest, features_dir: Path) -> int:
     for slide, path in tqdm(files, desc="fingerprinting patch features", unit="slide", leave=False,
                             disable=len(files) < _PROGRESS_MIN_SLIDES):
         digest.text(slide)
-        try:
-            if path.suffix == ".h5":
-                _hash_h5(digest, path)
-            else:
-                _hash_pt(digest, path)
-        except CohortError:
-            raise
-        except Exception as err:  # h5py / torch raise many types for a corrupt file
-            raise CohortError(f"{path}: unreadable feature file ({type(err).__name__}: {err}); re-extract the slide "
-                              "or regenerate / re-import the cohort") from err
+        with open_feature_file(path) as opened:
+            _hash_slide(digest, opened)
     return len(files)
 
 
@@ -376,56 +369,16 @@ def _hash_feature_rows(digest: _Digest, shape: tuple[int, ...], to_numpy: Callab
         digest.block(_canonical(to_numpy(slice(start, min(start + step, shape[0]))), "<f4"))
 
 
-def _hash_h5(digest: _Digest, path: Path) -> None:
-    """A CLAM/TRIDENT .h5: ``features`` block by block, then ``coords``."""
-    import h5py
+def _hash_slide(digest: _Digest, slide: FeatureFile) -> None:
+    """One slide: ``features`` block by block, then the coordinates it stores ("coords absent" if none).
 
-    with h5py.File(path, "r") as f:
-        if "features" not in f or "coords" not in f:
-            raise CohortError(f"{path}: expected datasets 'features' and 'coords' (CLAM/TRIDENT layout), found "
-                              f"{sorted(f.keys())}; re-extract the slide")
-        feats = f["features"]
-        squeeze = feats.ndim == 3 and feats.shape[0] == 1
-        shape = tuple(feats.shape[1:]) if squeeze else tuple(feats.shape)
-        _require_rows(path, shape)
-        _hash_feature_rows(digest, shape, (lambda rows: feats[0, rows]) if squeeze else (lambda rows: feats[rows]))
-        coords = np.asarray(f["coords"][()])
-    _hash_coords(digest, coords)
-
-
-def _hash_pt(digest: _Digest, path: Path) -> None:
-    """A .pt holding a tensor ``[N, D]`` or a dict with ``features`` (and optionally ``coords``)."""
-    import torch
-
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # a legacy (non-zip) .pt cannot be memory-mapped
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    coords = None
-    if isinstance(obj, dict):
-        if "features" not in obj:
-            raise CohortError(f"{path}: a dict .pt needs a 'features' entry, found {sorted(map(str, obj))}")
-        obj, coords = obj["features"], obj.get("coords")
-    feats = torch.as_tensor(obj)
-    if feats.ndim == 3 and feats.shape[0] == 1:
-        feats = feats[0]
-    _require_rows(path, tuple(feats.shape))
-    _hash_feature_rows(digest, tuple(feats.shape), lambda rows: feats[rows].to(torch.float32).numpy())
+    A ``.pt`` without coordinates hashes as "coords absent", not as the raster runs place it on: the
+    raster is fixed by the patch count, which the features' shape already enters.
+    """
+    _hash_feature_rows(digest, slide.shape, slide.rows)
+    coords = slide.stored_coords()
     if coords is None:
         digest.text("coords absent")
     else:
-        _hash_coords(digest, torch.as_tensor(coords).to(torch.float64).numpy())
-
-
-def _require_rows(path: Path, shape: tuple[int, ...]) -> None:
-    """Features are hashed row block by row block, so they need a patch axis."""
-    if len(shape) == 0:
-        raise CohortError(f"{path}: 'features' is a scalar, not patches x dims [N, D]; re-extract the slide")
-
-
-def _hash_coords(digest: _Digest, coords: np.ndarray) -> None:
-    if coords.ndim == 3 and coords.shape[0] == 1:
-        coords = coords[0]
-    digest.text("coords")
-    digest.array(coords, "<f8")
-
+        digest.text("coords")
+        digest.array(coords, "<f8")

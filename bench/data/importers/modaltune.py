@@ -1,7 +1,8 @@
 """Import the ModalTune code release's split files (+ SurvPath expression and pathway tables) as a cohort.
 
-The release files this reads, and the facts about them this module relies on (facts only, no code
-taken from either repository):
+The ModalTune release files this reads, and the facts about them this module relies on (facts only,
+no code taken from the repository; the expression, pathway and gene-family tables are read by
+:mod:`bench.data.importers.survpath` and :mod:`bench.data.importers.mcat`, which state theirs):
 
 - ModalTune (ICCV 2025), github.com/martellab-sri/ModalTune,
   ``dataset/json_splits/tcga_<site>/{train,val,test}_<site>_cls_feat.json``: a JSON object whose
@@ -12,16 +13,6 @@ taken from either repository):
   rare set, ``gene_availability`` 1 when the patient has expression data. ``data_utils/datasets.py``
   bags all slides of a patient and joins expression on ``case_submitter_id``. The ``*_titan.json``
   variants and the ``tcga_pancancer`` folder (the union of the four in-domain sites) are not read.
-- SurvPath (Jaume et al., CVPR 2024), github.com/mahmoodlab/SurvPath:
-  ``datasets_csv/raw_rna_data/<kind>/<site>/rna_clean.csv`` — an unnamed first column holding the
-  12-character TCGA patient barcode, then one float column per gene (read there with
-  ``index_col=0``); ModalTune's own expression CSVs name that first column ``case_id``. Some
-  files hold a barcode on several rows (the COADREAD one does, with different values), so repeated
-  rows are resolved only by an explicit policy (``--rna-duplicates``) and recorded.
-  ``datasets_csv/pathway_compositions/combine_comps.csv`` — column ``gene`` then 331 pathway columns
-  of 0/1 (the same layout as ModalTune's ``dataset/gene_pathway_processed_v2.csv``).
-- MCAT (Chen et al., ICCV 2021), github.com/mahmoodlab/MCAT, ``signatures.csv``: the six gene
-  families in wide layout, one column per family (title case), gene names down the column.
 
 Cohort rules (:mod:`bench.data.format`, paper Tables 1 and 5): a patient's case_id is its TCGA
 barcode, its bag is all of its slides; by default only patients with ``gene_availability == 1`` are
@@ -33,14 +24,10 @@ every gene, pathway, patient or slide that is dropped or flagged is counted in
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
 import re
-import shutil
-import tempfile
-import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -51,8 +38,12 @@ import numpy as np
 import pandas as pd
 
 from bench.data import format as fmt
-from bench.data.fingerprint import stamp_fingerprint
-from bench.errors import BenchError
+from bench.data.features import FEATURE_SUFFIXES, RASTER_WIDTH, open_feature_file
+from bench.data.importers.mcat import read_families
+from bench.data.importers.survpath import RNA_DUPLICATE_POLICIES, read_pathways, read_rna
+from bench.data.importers.values import raw_text, show
+from bench.data.publish import publish_cohort, refuse_foreign
+from bench.errors import BenchError, CohortImportError
 from models.paper.sites import ALL_SITES, site_info
 
 log = logging.getLogger(__name__)
@@ -62,11 +53,7 @@ SPLIT_FILE = "{split}_{site}_cls_feat.json"
 PATIENT_ID = "case_submitter_id"
 SLIDE_ID = "slide_submitter_id"
 EXTRA_COLUMNS = ("case_uuid",)
-RNA_SUFFIX = "_rnaseq"  # MCAT-style expression column suffix ("TP53_rnaseq")
-FEATURE_SUFFIXES = (".h5", ".pt")
 MANIFEST_NAME = "modaltune-release"
-# How repeated patient rows inside one --rna file are handled: refuse, average per gene, keep the first.
-RNA_DUPLICATE_POLICIES = ("error", "mean", "first")
 
 # Record fields describing the patient rather than the slide: every slide record of a patient agrees.
 TEXT_FIELDS = ("primary_diagnosis", "ajcc_pathologic_stage", "ajcc_pathologic_t", "ajcc_pathologic_n",
@@ -85,13 +72,7 @@ _FIX = {
     "primary_class": "give the subtype class index (-1 for the rare set)",
     "gene_availability": "code 1 = expression data available, 0 = not",
 }
-_TCGA_PATIENT = re.compile(r"^(TCGA-[A-Za-z0-9]{2}-[A-Za-z0-9]{4})-.+$")
 _SAFE_SLIDE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-class CohortImportError(BenchError, ValueError):
-    """A release file cannot be imported. The message names the file, the patient or row and the field
-    at fault, and says how to fix it."""
 
 
 @dataclass
@@ -189,23 +170,9 @@ def _site_folders(splits_dir: Path, sites: Sequence[str] | str | None, notes: li
     return {s: folders[s] for s in ALL_SITES if s in requested}
 
 
-def _raw_text(value: Any) -> str:
-    """A record value as the raw string patients.csv stores: missing/NaN -> "", 62.0 -> "62"."""
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
-
-
-def _show(value: Any) -> str:
-    """A value for an error message: strings quoted, numbers plain (no numpy reprs), NaN as NaN."""
-    return repr(value) if isinstance(value, str) else _raw_text(value) or "NaN"
-
-
 def _who(row: pd.Series) -> str:
-    patient = _raw_text(row.get(PATIENT_ID))
-    slide = _raw_text(row.get(SLIDE_ID))
+    patient = raw_text(row.get(PATIENT_ID))
+    slide = raw_text(row.get(SLIDE_ID))
     if patient and slide:
         return f"patient {patient} (slide {slide})"
     return f"patient {patient}" if patient else f"slide {slide}" if slide else f"record {row.name}"
@@ -235,7 +202,7 @@ def _read_split_file(path: Path, site: str, split: str) -> pd.DataFrame:
         if col not in df.columns:
             df[col] = np.nan
     for col in (PATIENT_ID, SLIDE_ID, "case_id") + TEXT_FIELDS + ("features_path",):
-        df[col] = df[col].map(_raw_text).astype(object)
+        df[col] = df[col].map(raw_text).astype(object)
     for col in REQUIRED_FIELDS:
         missing = df[col].isna() | (df[col].astype(str) == "")
         if missing.any():
@@ -251,7 +218,7 @@ def _read_split_file(path: Path, site: str, split: str) -> pd.DataFrame:
         bad_rows = ~is_ok(values).fillna(False).astype(bool)
         if bad_rows.any():
             row = df[bad_rows].iloc[0]
-            raise CohortImportError(f"{path}: {_who(row)} has {col} = {_show(row[col])}, which {expectation}; {_FIX[col]}")
+            raise CohortImportError(f"{path}: {_who(row)} has {col} = {show(row[col])}, which {expectation}; {_FIX[col]}")
         df[col] = values if col == "durations" else values.astype(int)
     unsafe = ~df[SLIDE_ID].str.match(_SAFE_SLIDE_ID)
     if unsafe.any():
@@ -291,7 +258,7 @@ def _check_patient_fields(records: pd.DataFrame) -> None:
         patient = conflict.any(axis=1).idxmax()
         col = conflict.loc[patient].idxmax()
         rows = records[records[PATIENT_ID] == patient]
-        values = ", ".join(_show(v) for v in pd.unique(rows[col]))
+        values = ", ".join(show(v) for v in pd.unique(rows[col]))
         raise CohortImportError(f"{rows['_file'].iloc[0]}: patient {patient} has conflicting {col!r} across its slides "
                                 f"({values}); every slide record of a patient must carry the same value — fix the records")
 
@@ -330,164 +297,7 @@ def _site_bins(site: str, patients: pd.DataFrame, notes: list[str]) -> list[floa
     return edges
 
 
-# ---------------------------------------------------------------------------------------------- RNA
-def _read_rna_csv(path: Path, notes: list[str], duplicates: str = "error") -> tuple[pd.DataFrame, dict[str, int]]:
-    """One expression CSV as float32 ``[patients, genes]`` indexed by TCGA patient barcode, plus the
-    patients that had several rows (``{barcode: n_rows}``, file order).
-
-    The id column is ``case_id`` if present, else the first column (SurvPath leaves its header
-    empty). Gene columns lose a trailing ``_rnaseq``; sample barcodes (``TCGA-AB-1234-01``) are cut
-    to the patient barcode. Duplicate genes, non-numeric and empty cells are errors; patients with
-    several rows are resolved by ``duplicates`` (see :func:`_resolve_rna_duplicates`).
-    """
-    if not path.is_file():
-        raise CohortImportError(f"{path}: expression CSV not found (--rna)")
-    with path.open(newline="") as f:
-        header = [h.strip() for h in next(csv.reader(f), [])]
-    if len(header) < 2:
-        raise CohortImportError(f"{path}: expected a patient id column then one column per gene (rna_clean.csv layout)")
-    id_pos = header.index("case_id") if "case_id" in header else 0
-    # Only an empty cell is missing: text such as "NA" or "n/a" is reported as the non-number it is.
-    df = pd.read_csv(path, low_memory=False, keep_default_na=False, na_values=[""])
-    if df.shape[1] != len(header):
-        raise CohortImportError(f"{path}: rows have {df.shape[1]} fields but the header {len(header)}; "
-                                "write the file without a separate index column")
-    genes = [h[: -len(RNA_SUFFIX)] if h.endswith(RNA_SUFFIX) else h for i, h in enumerate(header) if i != id_pos]
-    dup = pd.Index(genes)[pd.Index(genes).duplicated()]
-    if len(dup):
-        raise CohortImportError(f"{path}: gene {dup[0]!r} has more than one column; keep one column per gene")
-    if any(not g for g in genes):
-        raise CohortImportError(f"{path}: a gene column has an empty header; name every gene column")
-    ids = df.iloc[:, id_pos].map(_raw_text)
-    if (ids == "").any():
-        row = int(np.flatnonzero((ids == "").to_numpy())[0]) + 2
-        raise CohortImportError(f"{path}: line {row} has no patient id in column {header[id_pos] or 1}; "
-                                "every row needs the patient's TCGA barcode")
-    patients = ids.str.replace(_TCGA_PATIENT, r"\1", regex=True)
-    cut = int((patients != ids).sum())
-    if cut:
-        notes.append(f"{path}: {cut} sample barcodes cut to the 12-character patient barcode (e.g. "
-                     f"{ids[patients != ids].iloc[0]} -> {patients[patients != ids].iloc[0]})")
-    raw = df.drop(columns=df.columns[id_pos])
-    raw.columns = genes
-    raw.index = pd.Index(patients, name="case_id")
-    text = [g for g in genes if not pd.api.types.is_numeric_dtype(raw[g])]
-    numeric = raw.copy()
-    if text:
-        numeric[text] = raw[text].apply(pd.to_numeric, errors="coerce")
-    values = numeric.to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        cell = raw.iat[r, c]
-        what = "is missing (empty or NaN)" if pd.isna(cell) else f"is {_show(cell)}, not a number"
-        raise CohortImportError(f"{path}: the value for patient {patients.iloc[r]}, gene {genes[c]} {what}; "
-                                "expression must be finite numbers and nothing is imputed — fix the CSV")
-    frame, repeated = _resolve_rna_duplicates(path, pd.DataFrame(values, index=raw.index, columns=genes), duplicates,
-                                              notes)
-    return frame.astype(np.float32), repeated
-
-
-def _resolve_rna_duplicates(path: Path, frame: pd.DataFrame, policy: str,
-                            notes: list[str]) -> tuple[pd.DataFrame, dict[str, int]]:
-    """One row per patient from a float64 expression table whose index may repeat a barcode.
-
-    Some release files (SurvPath's COADREAD ``rna_clean.csv``) list a patient on several rows with
-    different values, and no rule in the file says which row is right, so nothing is chosen
-    silently: ``error`` refuses the file, naming every repeated patient at once; ``mean`` averages a
-    patient's rows per gene; ``first`` keeps its first row in file order. Rows with identical values
-    are treated the same (they are only marked as identical). Returns the table (first-appearance
-    order) and ``{barcode: n_rows}`` of the repeated patients, which the caller records.
-    """
-    repeated_rows = frame.index.duplicated(keep=False)
-    if not repeated_rows.any():
-        return frame, {}
-    values = frame.to_numpy()
-    described, counts = [], {}
-    for barcode in pd.unique(frame.index[repeated_rows]):
-        rows = np.flatnonzero(frame.index == barcode)
-        counts[str(barcode)] = len(rows)
-        same = bool((values[rows] == values[rows[0]]).all())
-        described.append(f"{barcode} ({len(rows)} rows{', identical' if same else ''}"
-                         f"; lines {', '.join(str(r + 2) for r in rows)})")
-    if policy == "error":
-        raise CohortImportError(
-            f"{path}: {len(counts)} patients have more than one expression row: {'; '.join(described)}. Keep one "
-            "row per patient in the CSV (e.g. the primary tumour sample), or choose explicitly: --rna-duplicates mean "
-            "averages each patient's rows per gene, --rna-duplicates first keeps its first row in file order "
-            "(import_modaltune(rna_duplicates=...) from Python)")
-    if policy == "mean":
-        frame, action = frame.groupby(level=0, sort=False).mean(), "averaged per gene"
-    else:
-        frame, action = frame[~frame.index.duplicated(keep="first")], "reduced to the first row in file order"
-    notes.append(f"{path}: {len(counts)} patients with several expression rows {action} (--rna-duplicates {policy}): "
-                 f"{'; '.join(described)}")
-    return frame, counts
-
-
-def _read_rna(paths: Sequence[Path], notes: list[str],
-              duplicates: str = "error") -> tuple[pd.DataFrame | None, dict[str, dict[str, int]]]:
-    """All ``--rna`` files stacked on the genes they share (first file's order), None without any; plus
-    ``{file: {barcode: n_rows}}`` for the files whose repeated patient rows ``duplicates`` resolved.
-
-    A patient in two files is always an error, whatever ``duplicates`` says: the files are separate
-    sources (one per site), so a shared barcode means overlapping or repeated --rna arguments, not
-    a resolvable repeat.
-    """
-    if not paths:
-        return None, {}
-    read = [_read_rna_csv(p, notes, duplicates) for p in paths]
-    frames = [frame for frame, _ in read]
-    repeated = {str(p.resolve()): counts for p, (_, counts) in zip(paths, read) if counts}
-    shared = set(frames[0].columns).intersection(*(f.columns for f in frames[1:]))
-    genes = [g for g in frames[0].columns if g in shared]
-    for path, frame in zip(paths, frames):
-        lost = [g for g in frame.columns if g not in shared]
-        if lost:
-            notes.append(f"{path}: {len(lost)} genes absent from another --rna file dropped (e.g. {', '.join(lost[:3])})")
-    _refuse_shared_patients(paths, frames)
-    return pd.concat([f[genes] for f in frames]), repeated
-
-
-def _refuse_shared_patients(paths: Sequence[Path], frames: Sequence[pd.DataFrame]) -> None:
-    """Name, in one error, every patient that has expression rows in more than one ``--rna`` file."""
-    owners: dict[str, list[str]] = defaultdict(list)
-    for path, frame in zip(paths, frames):
-        for barcode in frame.index:
-            owners[barcode].append(str(path))
-    shared = {b: files for b, files in owners.items() if len(files) > 1}
-    if shared:
-        listed = "; ".join(f"{b} ({' and '.join(files)})" for b, files in shared.items())
-        raise CohortImportError(f"{len(shared)} patients have expression rows in more than one --rna file: {listed}. "
-                                "Each patient's expression must come from one file (--rna-duplicates only resolves "
-                                "repeated rows inside one file); pass each site's file once and remove the patients "
-                                "from all but one file")
-
-
-# ---------------------------------------------------------------------------------------------- pathways, families
-def _read_pathways(path: Path) -> pd.DataFrame:
-    """combine_comps.csv layout as an int ``[genes, pathways]`` 0/1 table indexed by gene."""
-    if not path.is_file():
-        raise CohortImportError(f"{path}: pathway file not found (--pathways)")
-    df = pd.read_csv(path, keep_default_na=False, na_values=[""])  # a gene may be called "NA"
-    gene_col = "gene" if "gene" in df.columns else df.columns[0]
-    leading = list(df.columns[: list(df.columns).index(gene_col)])
-    if any(not str(c).startswith("Unnamed:") for c in leading):
-        raise CohortImportError(f"{path}: expected column 'gene' first, then one 0/1 column per pathway")
-    genes = df[gene_col].map(_raw_text)
-    if (genes == "").any() or genes.duplicated().any():
-        gene = genes[genes.duplicated()].iloc[0] if genes.duplicated().any() else "(empty)"
-        raise CohortImportError(f"{path}: gene {gene} has more than one row or no name; keep one row per gene")
-    members = df.drop(columns=leading + [gene_col]).apply(pd.to_numeric, errors="coerce")
-    ok = members.isin([0, 1]).to_numpy()
-    if not ok.all():
-        r, c = np.argwhere(~ok)[0]
-        raise CohortImportError(f"{path}: gene {genes.iloc[r]}, pathway {members.columns[c]} has "
-                                f"{_show(df[members.columns[c]].iloc[r])}; membership must be 0 or 1")
-    members.index = pd.Index(genes, name="gene")
-    return members.astype(np.int8)
-
-
+# ---------------------------------------------------------------------------------------------- genes
 def _select_genes(rna: pd.DataFrame | None, pathways: pd.DataFrame | None, notes: list[str]) -> tuple[list[str], pd.DataFrame]:
     """The cohort's genes (expression order) and their pathway membership, after dropping what can't be used."""
     if rna is None:
@@ -513,38 +323,6 @@ def _select_genes(rna: pd.DataFrame | None, pathways: pd.DataFrame | None, notes
     if len(empty):
         notes.append(f"{len(empty)} pathways left with no gene dropped (e.g. {', '.join(empty[:3])})")
     return genes, members.drop(columns=empty)
-
-
-def _read_families(path: Path, genes: Sequence[str], notes: list[str]) -> pd.DataFrame:
-    """Gene families as ``gene, family`` rows (family-major, cohort gene order), cohort genes only.
-
-    Accepts MCAT's wide ``signatures.csv`` (one column per family, any letter case) and the long
-    ``gene, family`` layout this format writes.
-    """
-    if not path.is_file():
-        raise CohortImportError(f"{path}: gene family file not found (--families)")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    lower = {str(c).strip().lower(): c for c in df.columns}
-    if "gene" in lower and "family" in lower:
-        pairs = df[[lower["gene"], lower["family"]]].set_axis(["gene", "family"], axis=1)
-    else:
-        pairs = df.melt(var_name="family", value_name="gene")
-    pairs = pairs.dropna()
-    pairs = pd.DataFrame({"gene": pairs["gene"].str.strip(), "family": pairs["family"].str.strip().str.lower()})
-    pairs = pairs[pairs["gene"] != ""]
-    unknown = sorted(set(pairs["family"]) - set(fmt.GENE_FAMILIES))
-    if unknown:
-        raise CohortImportError(f"{path}: unknown gene families {unknown}; valid (any letter case): "
-                                f"{', '.join(fmt.GENE_FAMILIES)}")
-    pairs = pairs.drop_duplicates()
-    order = {g: i for i, g in enumerate(genes)}
-    outside = sorted(set(pairs["gene"]) - set(order))
-    if outside:
-        notes.append(f"{len(outside)} gene-family genes not in the cohort dropped (e.g. {', '.join(outside[:3])})")
-    kept = pairs[pairs["gene"].isin(order)].copy()
-    kept["_f"] = kept["family"].map(fmt.GENE_FAMILIES.index)
-    kept["_g"] = kept["gene"].map(order)
-    return kept.sort_values(["_f", "_g"])[["gene", "family"]].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------------- features
@@ -580,47 +358,6 @@ class _FeatureIndex:
         return chosen[0] if chosen else None
 
 
-def _h5_shape(path: Path) -> tuple[int, int]:
-    """``(N, D)`` of a CLAM/TRIDENT .h5 after checking ``features [N, D]`` and ``coords [N, 2]``."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            if "features" not in f or "coords" not in f:
-                raise CohortImportError(f"{path}: expected datasets 'features' and 'coords' (CLAM/TRIDENT layout), "
-                                        f"found {sorted(f.keys())}; re-extract the slide")
-            shape, coords = f["features"].shape, f["coords"].shape
-    except OSError as err:
-        raise CohortImportError(f"{path}: unreadable HDF5 file ({err}); re-extract the slide") from err
-    if len(shape) != 2 or coords != (shape[0], 2):
-        raise CohortImportError(f"{path}: features {shape} / coords {coords} are not [N, D] / [N, 2]; re-extract the slide")
-    return int(shape[0]), int(shape[1])
-
-
-def _load_pt(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Features ``[N, D]`` (and coords ``[N, 2]`` if stored) of a ``.pt``: a tensor or a dict with those keys."""
-    import torch
-
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several unrelated types for a broken or unsafe file
-        raise CohortImportError(f"{path}: unreadable .pt file ({type(err).__name__}: {err}); re-extract the slide") from err
-    coords = None
-    if isinstance(obj, dict):
-        if "features" not in obj:
-            raise CohortImportError(f"{path}: a dict .pt needs a 'features' entry, found {sorted(map(str, obj))}")
-        obj, coords = obj["features"], obj.get("coords")
-    if not isinstance(obj, torch.Tensor) or obj.ndim != 2:
-        raise CohortImportError(f"{path}: features must be a 2-D tensor [N, D], got "
-                                f"{tuple(obj.shape) if isinstance(obj, torch.Tensor) else type(obj).__name__}")
-    feats = obj.float().numpy()
-    if coords is not None:
-        coords = torch.as_tensor(coords).numpy()
-        if coords.shape != (feats.shape[0], 2):
-            raise CohortImportError(f"{path}: coords {coords.shape} do not match features {feats.shape} (need [N, 2])")
-    return feats, coords
-
-
 def _attach_features(patients: pd.DataFrame, slide_paths: dict[str, str], root: Path, features_dir: Path,
                      notes: list[str]) -> int | None:
     """Link (.h5) or convert (.pt) every kept slide's features into ``features_dir``.
@@ -639,22 +376,18 @@ def _attach_features(patients: pd.DataFrame, slide_paths: dict[str, str], root: 
             if source is None:
                 continue
             target = features_dir / f"{slide}.h5"
-            if source.suffix == ".h5":
-                d = _h5_shape(source)[1]
-                os.symlink(source.resolve(), target)
-            else:
-                feats, coords = _load_pt(source)
-                d = feats.shape[1]
-                if coords is None:
-                    no_coords.append(slide)
-                    coords = np.zeros((feats.shape[0], 2), dtype=np.int64)
+            d, converted, stored_coords = _read_source(source)
             if dim is None:
                 dim = (d, source)
             elif d != dim[0]:
                 raise CohortImportError(f"{source}: feature dim {d} differs from {dim[0]} of {dim[1]}; every slide must "
                                         "be extracted with the same tile encoder")
-            if source.suffix == ".pt":
-                fmt.write_features_h5(target, feats, coords)
+            if converted is None:
+                os.symlink(source.resolve(), target)
+            else:
+                fmt.write_features_h5(target, *converted)
+                if not stored_coords:
+                    no_coords.append(slide)
             found.append(slide)
         found_ids.append(";".join(found))
     n_listed = patients["_slides"].map(len)
@@ -671,37 +404,33 @@ def _attach_features(patients: pd.DataFrame, slide_paths: dict[str, str], root: 
             notes.append(f"{site}: {len(none)} patients have no feature file for any slide (has_wsi = 0; "
                          f"e.g. {none[PATIENT_ID].iloc[0]})")
     if no_coords:
-        notes.append(f"{len(no_coords)} slides came from bare-tensor .pt files without coordinates; their coords are "
-                     f"written as 0 (e.g. {no_coords[0]}), so positional models see no layout for them")
+        notes.append(f"{len(no_coords)} slides came from bare-tensor .pt files or .pt dicts without coordinates; their "
+                     f"patches are placed in file order on a raster of {fmt.PATCH_SIZE_PX}-px tiles, "
+                     f"{RASTER_WIDTH} per row, as runs place such a file (e.g. {no_coords[0]}), so positional models "
+                     "see no tissue layout for them")
     return None if dim is None else dim[0]
 
 
-# ---------------------------------------------------------------------------------------------- output
-def _refuse_foreign(out_dir: Path) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / fmt.MANIFEST).is_file())):
-        raise CohortImportError(f"{out_dir} exists and is neither empty nor a cohort (no {fmt.MANIFEST}); refusing to "
-                                "overwrite it — choose another --out or empty it")
+def _read_source(source: Path) -> tuple[int, tuple[np.ndarray, np.ndarray] | None, bool]:
+    """``(feature dim, (features, coords) to write, whether the file stores coords)`` of a source feature file.
 
-
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished ``tmp`` onto ``out_dir``, replacing an empty dir or an earlier cohort.
-
-    Temporary files and directories are created private (0600/0700); the published cohort gets the
-    ordinary umask-derived modes instead. Symlinks are left alone.
+    Checks that it holds features ``[N, D]`` and coords ``[N, 2]`` (a ``.pt`` may hold none; it then
+    gets the raster :class:`~bench.data.features.FeatureFile` gives it at run time). An ``.h5`` is
+    linked, not read, so it gives no arrays to write; a ``.pt`` is converted to the cohort's ``.h5``.
     """
-    _refuse_foreign(out_dir)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    for path in [tmp, *tmp.rglob("*")]:
-        if not path.is_symlink():
-            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old)  # removes symlinks, never their targets
+    try:
+        with open_feature_file(source) as slide:
+            stored = slide.stored_coords()
+            if len(slide.shape) != 2 or (stored is not None and stored.shape != (slide.shape[0], 2)):
+                raise CohortImportError(f"{source}: features {slide.shape} / coords "
+                                        f"{None if stored is None else stored.shape} are not [N, D] / [N, 2]; "
+                                        "re-extract the slide")
+            converted = None if source.suffix == ".h5" else (slide.rows(), slide.coords())
+            return slide.shape[1], converted, stored is not None
+    except CohortImportError:
+        raise
+    except BenchError as err:  # the feature reader's error, as the importer's type
+        raise CohortImportError(str(err)) from err
 
 
 def _patient_rows(records: pd.DataFrame) -> pd.DataFrame:
@@ -734,19 +463,19 @@ def import_modaltune(
     ``signatures.csv`` or a long ``gene,family`` table. Without ``all_patients`` only patients with
     ``gene_availability == 1`` are kept. ``rna_duplicates`` (``error``, ``mean`` or ``first``) says
     what to do with a patient on several rows of one RNA file; the patients it resolved are named in
-    the notes and in ``cohort.json``'s ``provenance.rna_duplicates``. Everything is written into a
-    temporary directory next to ``out_dir`` and renamed onto it at the end; an existing ``out_dir``
-    must be empty or a cohort. Just before that, the cohort's content fingerprint
-    (:mod:`bench.data.fingerprint`) is stored in its ``cohort.json``, which reads every linked feature
-    file once.
-    Raises :class:`CohortImportError` naming the file, patient and field of the first problem.
+    the notes and in ``cohort.json``'s ``provenance.rna_duplicates``. The cohort is published by
+    :func:`bench.data.publish.publish_cohort`: written into a private directory next to ``out_dir``,
+    its content fingerprint stored in its ``cohort.json`` (which reads every linked feature file
+    once), then renamed onto ``out_dir``, which must be absent, empty or an earlier cohort (replaced).
+    Raises :class:`CohortImportError` naming the file, patient and field of the first problem
+    (:class:`~bench.errors.CohortTargetError`, one of them, for an ``out_dir`` that is not a cohort).
     """
     splits_dir, out_dir = Path(splits_dir), Path(out_dir)
     rna_paths = [Path(p) for p in ([rna_csvs] if isinstance(rna_csvs, (str, Path)) else rna_csvs)]
     if rna_duplicates not in RNA_DUPLICATE_POLICIES:
         raise CohortImportError(f"unknown rna_duplicates policy {rna_duplicates!r}; valid: "
                                 f"{', '.join(RNA_DUPLICATE_POLICIES)}")
-    _refuse_foreign(out_dir)
+    refuse_foreign(out_dir)  # before reading anything: the same check is repeated when publishing
     notes: list[str] = []
 
     folders = _site_folders(splits_dir, sites, notes)
@@ -767,8 +496,8 @@ def import_modaltune(
                      f"({', '.join(f'{s} {n}' for s, n in excluded.items())}); all_patients / --all-patients keeps them")
     patients = everyone[keep].reset_index(drop=True)
 
-    rna, rna_repeats = _read_rna(rna_paths, notes, rna_duplicates)
-    pathways = _read_pathways(Path(pathways_csv)) if pathways_csv is not None else None
+    rna, rna_repeats = read_rna(rna_paths, notes, rna_duplicates)
+    pathways = read_pathways(Path(pathways_csv)) if pathways_csv is not None else None
     genes, membership = _select_genes(rna, pathways, notes)
     if rna is not None:
         outside = rna.index[~rna.index.isin(patients[PATIENT_ID])]
@@ -780,7 +509,7 @@ def import_modaltune(
             notes.append(f"{site}: {len(rows)} patients have no expression row (has_rna = 0; e.g. {rows[PATIENT_ID].iloc[0]})")
     else:
         patients["has_rna"] = 0
-    families = (_read_families(Path(families_csv), genes, notes) if families_csv is not None
+    families = (read_families(Path(families_csv), genes, notes) if families_csv is not None
                 else pd.DataFrame(columns=["gene", "family"]))
 
     patients["survival_bin"] = 0
@@ -790,9 +519,7 @@ def import_modaltune(
     patients["slide_ids"] = patients["_slides"].map(";".join)
     patients["has_wsi"] = 0
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.import-", dir=out_dir.parent))
-    try:
+    with publish_cohort(out_dir) as tmp:
         (tmp / fmt.FEATURES_DIR).mkdir()
         feature_dim = None
         if features_root is not None:
@@ -837,11 +564,6 @@ def import_modaltune(
             name=MANIFEST_NAME,
             provenance=provenance,
             sites=site_meta, feature_dim=feature_dim, genes=genes, n_pathways=membership.shape[1]))
-        stamp_fingerprint(tmp)
-        _publish(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
     counts = {}
     for site in folders:
