@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -94,6 +94,7 @@ class RunConfig(BaseModel):
     profile: Profile
     cohort_fingerprint: str
     regime: Literal["supervised", "text_distill", "linear_probe", "transfer"] = "supervised"
+    resolved_model: dict[str, Any] = Field(default_factory=dict, description="base, overrides, resolved config")
     options: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
     code_version: str = Field(default_factory=lambda: CODE_VERSION,
                               description="bumped whenever models or training change results")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import get_profile
+from bench.regimes import source_site
 from models.paper.sites import IN_DOMAIN_SITES, OOD_SITES
 from bench.errors import BenchError, unknown_name
 from bench.registry import all_models
@@ -29,8 +30,8 @@ log = logging.getLogger(__name__)
 class GridSpec:
     """A paper table: ``rows`` are ``(registry name, paper label)`` in the paper's order.
 
-    ``sources`` maps a row to the site its run trains on when that differs from the table's columns
-    (Table 3: models tuned on BRCA, or pan-cancer, and deployed out of distribution).
+    A row whose model reaches an out-of-distribution column by deployment (Table 3: tuned on BRCA,
+    or pan-cancer) runs once at its source site (:func:`bench.regimes.source_site`).
     """
 
     name: str
@@ -40,7 +41,6 @@ class GridSpec:
     tasks: tuple[str, ...] = ("subtype", "survival")
     seeds: tuple[int, ...] = (0, 1, 2)
     overall: bool = True
-    sources: tuple[tuple[str, str], ...] = ()
 
 
 TABLE2 = GridSpec(
@@ -73,8 +73,6 @@ TABLE3 = GridSpec(
           ("modaltune", "ModalTune"), ("modaltune_pancancer", "ModalTune Pan-Cancer")),
     sites=OOD_SITES,
     overall=False,
-    sources=(("gigapath_cat_cls", "BRCA"), ("gigapath_cat_surv", "BRCA"), ("modaltune", "BRCA"),
-             ("modaltune_pancancer", "PANCANCER")),
 )
 
 GRIDS: dict[str, GridSpec] = {g.name: g for g in (TABLE2, TABLE3, TABLE9)}
@@ -113,8 +111,7 @@ def grid_cells(grid: GridSpec, *, models: list[str] | None = None, sites: list[s
         entry = registry[name]
         run_seeds = (0,) if entry.regime == "linear_probe" else tuple(seeds if seeds is not None else grid.seeds)
         tasks = ("multitask",) if entry.tasks == ("multitask",) else tuple(t for t in grid.tasks if t in entry.tasks)
-        source = dict(grid.sources).get(name)
-        for site in ([source] if source else ["PANCANCER"] if entry.pancancer else (sites or grid.sites)):
+        for site in dict.fromkeys(source_site(entry, target) for target in (sites or grid.sites)):
             for task in tasks:
                 for seed in run_seeds:
                     cells.append(Cell(name, site, task, seed))
@@ -144,23 +141,20 @@ def run_grid(grid: GridSpec, *, profile: str, cohort_dir: str | Path | None, sto
     """
     from tqdm.auto import tqdm
 
-    from bench.registry import get_model
-    from bench.runner import ensure_cohort, result_keys, run_config
+    from bench.regimes import regime_for
+    from bench.runner import RunRequest, ensure_cohort, plan_run, run_config
 
     prof = get_profile(profile)
     cohort = ensure_cohort(cohort_dir, prof.scale)
     sites = [cohort.resolve_site(s) for s in (sites or [s for s in grid.sites if s in cohort.sites])]
-    sources = {site for _, site in grid.sources if site != "PANCANCER"}
-    missing_sources = sorted(sources - set(cohort.sites))
-    if missing_sources:
-        raise BenchError(f"{grid.name} deploys models tuned on {', '.join(missing_sources)}, which cohort "
-                         f"{cohort.root} lacks")
     cells = grid_cells(grid, models=models, sites=sites, seeds=seeds)
     path = store_path(str(store) if store else None)
-    run_ids = [run_config(c.model, c.site, c.task, c.seed, prof, cohort).run_id() for c in cells]
+    plans = [plan_run(RunRequest(model=c.model, site=c.site, task=c.task, seed=c.seed, profile=prof.name), cohort)
+             for c in cells]
+    run_ids = [run_config(plan).run_id() for plan in plans]
     with ResultStore(path) as results:
-        missing = [(c, run_id) for c, run_id in zip(cells, run_ids)
-                   if not results.has(run_id, result_keys(get_model(c.model), cohort, c.site, c.task))]
+        missing = [(c, run_id) for c, plan, run_id in zip(cells, plans, run_ids)
+                   if not results.has(run_id, regime_for(plan.entry).result_keys(plan))]
     log.info("%s: %d runs, %d already stored, %d to run", grid.name, len(cells), len(cells) - len(missing), len(missing))
     base = dict(profile=prof.name, cohort=str(cohort.root), store=str(path), wandb=wandb)
     requests = [dict(base, model=c.model, site=c.site, task=c.task, seed=c.seed, wait=False) for c, _ in missing]

@@ -10,7 +10,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +20,15 @@ import torch
 from bench.config import Profile, RunConfig, get_profile
 from bench.data.cohort import Cohort
 from bench.errors import BenchError
-from models.paper.sites import IN_DOMAIN_SITES, OOD_SITES
+from bench.regimes import PANCANCER, Regime, RunEnv, RunPlan, regime_for
 from bench.registry import get_model
 from bench.results import Lease, ResultRow, ResultStore
 from models.base import ModelContext
+from models.paper.sites import ALL_SITES
 from models.registry import ModelEntry
 
 log = logging.getLogger(__name__)
 DEFAULT_RUNS_DIR = Path("runs")
-PANCANCER = "PANCANCER"
-TRANSFER_SOURCE = "BRCA"  # Table 3: the in-domain site whose tuned models are deployed out of distribution
 CLAIM_POLL_S = 2.0  # how often a run waiting for another process's claim looks again
 
 
@@ -50,6 +49,7 @@ class RunRequest:
     progress: bool = False
     runs_dir: Path = DEFAULT_RUNS_DIR
     wait: bool = True  # run claimed by another live process: wait for its result (else return status "claimed")
+    overrides: dict[str, Any] = field(default_factory=dict)  # model overrides on top of the registered ones
 
 
 def default_cohort_dir(scale: str) -> Path:
@@ -104,12 +104,23 @@ def model_context(cohort: Cohort, n_outputs: int, profile: str, weights: str | P
     )
 
 
-def run_config(model: str, site: str, task: str, seed: int, profile: Profile, cohort: Cohort,
-               weights: str | None = None) -> RunConfig:
-    """The resolved configuration of one run; its hash is the run id."""
-    return RunConfig(model=model, site=site, task=task, seed=seed, profile=profile,
-                     cohort_fingerprint=cohort.fingerprint, regime=get_model(model).regime,
-                     options={"weights": weights} if weights else {})
+def run_config(plan: RunPlan) -> RunConfig:
+    """The resolved configuration of one run; its hash is the run id. It holds the model's resolved
+    configuration (base, overrides and, where the family has one, its full configuration), so a
+    changed variant never reuses an old result."""
+    ctx = model_context(plan.cohort, 4, plan.profile.name)
+    return RunConfig(model=plan.entry.name, site=plan.site, task=plan.task, seed=plan.seed, profile=plan.profile,
+                     cohort_fingerprint=plan.cohort.fingerprint, regime=plan.entry.regime,
+                     resolved_model=resolve_model(plan.entry, ctx, plan.overrides),
+                     options={"weights": plan.weights_tag} if plan.weights_tag else {})
+
+
+def resolve_model(entry: ModelEntry, ctx: ModelContext, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``entry.resolve`` with a bad override as a bad-input error naming the model."""
+    try:
+        return entry.resolve(ctx, overrides)
+    except (ValueError, TypeError) as err:
+        raise BenchError(f"model {entry.name}: {err}") from err
 
 
 def synthetic_context(scale: str, n_outputs: int, profile: str) -> ModelContext:
@@ -124,56 +135,33 @@ def synthetic_context(scale: str, n_outputs: int, profile: str) -> ModelContext:
                         pathways=torch.from_numpy(genes.membership.astype(bool)), families=families, profile=profile)
 
 
-def result_keys(entry: ModelEntry, cohort: Cohort, site: str, task: str) -> list[tuple[str, str]]:
-    """The ``(site, task)`` rows a run stores: one, both tasks (multitask), every in-domain site
-    (pan-cancer), plus the out-of-distribution sites a run deploys to (Table 3)."""
-    tasks = ("subtype", "survival") if task == "multitask" else (task,)
-    sites = [] if entry.regime == "transfer" else training_sites(entry, cohort, site)
-    return [(s, t) for s in sites + deploy_sites(entry, cohort, site) for t in tasks]
-
-
-def deploy_sites(entry: ModelEntry, cohort: Cohort, site: str) -> list[str]:
-    """Out-of-distribution sites (Table 3) a run is deployed to after training, as in the paper: the
-    BRCA-trained ModalTune, the pan-cancer ModalTune and the BRCA-tuned transfer rows."""
-    if entry.regime == "transfer" or (entry.regime == "text_distill" and (entry.pancancer or site == TRANSFER_SOURCE)):
-        return [s for s in OOD_SITES if s in cohort.sites]
-    return []
-
-
-def training_sites(entry: ModelEntry, cohort: Cohort, site: str) -> list[str]:
-    """Sites one run trains on: the in-domain sites of the cohort for a pan-cancer model, else ``site``."""
-    if not entry.pancancer:
-        return [site]
-    sites = [s for s in IN_DOMAIN_SITES if s in cohort.sites]
-    if not sites:
-        raise BenchError(f"model {entry.name} trains on the in-domain sites ({', '.join(IN_DOMAIN_SITES)}); "
-                         f"cohort {cohort.root} has none of them")
-    return sites
-
-
-def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
-    """Run one experiment (or return its stored result) and return the ``run --json`` object."""
+def plan_run(req: RunRequest, cohort: Cohort | None = None) -> RunPlan:
+    """Validate ``req`` and resolve it into a :class:`RunPlan`: the model, profile, seed, task and
+    site are checked (against the embedded cohort's sites when no cohort is given) before the
+    embedded cohort is generated, so a bad request writes nothing."""
     entry = get_model(req.model)
     profile = get_profile(req.profile)
-    cohort = cohort or ensure_cohort(req.cohort, profile.scale)
-    site = PANCANCER if entry.pancancer else cohort.resolve_site(req.site)
-    if entry.regime == "transfer" and site != TRANSFER_SOURCE:
-        raise BenchError(f"model {entry.name} is tuned on {TRANSFER_SOURCE} and deployed to the out-of-distribution "
-                         f"sites (Table 3); run it with --site {TRANSFER_SOURCE.lower()}")
-    if entry.regime == "transfer" and not deploy_sites(entry, cohort, site):
-        raise BenchError(f"model {entry.name} is deployed to {', '.join(OOD_SITES)}; cohort {cohort.root} has none")
-    if entry.regime == "text_distill" and site in OOD_SITES:
-        raise BenchError(f"{entry.label} on {site} is the {TRANSFER_SOURCE}-trained (or pan-cancer) model deployed "
-                         f"out of distribution (Table 3): run --site {TRANSFER_SOURCE.lower()} (or the pan-cancer model)")
+    regime = regime_for(entry)
     task = req.task or ("multitask" if entry.tasks == ("multitask",) else None)
     if task is None:
         raise BenchError(f"model {entry.name} supports tasks {', '.join(entry.tasks)}; choose one with --task")
     if task not in entry.tasks:
         raise BenchError(f"model {entry.name} does not support task {task!r}; it supports {', '.join(entry.tasks)}")
-    weights = weights_option(req.weights)
-    config = run_config(entry.name, site, task, req.seed, profile, cohort, weights)
+    if cohort is None and req.cohort is None:
+        regime.validate(entry, req.site, list(ALL_SITES), "the embedded synthetic cohort")
+    cohort = cohort or ensure_cohort(req.cohort, profile.scale)
+    site = regime.validate(entry, req.site, cohort.sites, f"cohort {cohort.root}")
+    return RunPlan(entry=entry, cohort=cohort, site=site, task=task, seed=req.seed, profile=profile,
+                   weights=req.weights, weights_tag=weights_option(req.weights), overrides=dict(req.overrides))
+
+
+def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
+    """Run one experiment (or return its stored result) and return the ``run --json`` object."""
+    plan = plan_run(req, cohort)
+    regime = regime_for(plan.entry)
+    config = run_config(plan)
     run_id = config.run_id()
-    keys = result_keys(entry, cohort, site, task)
+    keys = regime.result_keys(plan)
     with ResultStore(_store(req)) as store:
         if not req.force and store.has(run_id, keys):
             return _report(store.get(run_id), status="cached")
@@ -181,87 +169,36 @@ def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
     if not isinstance(lease, Lease):
         return lease
     try:
-        return _train(req, entry, profile, cohort, site, task, weights, config, keys)
+        return _train(req, plan, regime, config)
     finally:
         lease.release()
 
 
-def _train(req: RunRequest, entry: ModelEntry, profile: Profile, cohort: Cohort, site: str, task: str,
-           weights: str | None, config: RunConfig, keys: list[tuple[str, str]]) -> dict[str, Any]:
+def _train(req: RunRequest, plan: RunPlan, regime: Regime, config: RunConfig) -> dict[str, Any]:
     """Train and evaluate one claimed run in a directory of its own, then store its rows."""
-    import lightning as L
-
-    from bench.data.dataset import prepare_site
     from bench.train.loggers import close_loggers, make_loggers
     from bench.train.supervised import configure_determinism
 
     started = time.perf_counter()
-    if profile.threads:
-        torch.set_num_threads(profile.threads)
+    if plan.profile.threads:
+        torch.set_num_threads(plan.profile.threads)
     configure_determinism()
     run_id = config.run_id()
-    run_dir = attempt_dir(Path(req.runs_dir) / entry.name / f"{site}-{task}-seed{req.seed}-{run_id}")
+    run_dir = attempt_dir(Path(req.runs_dir) / plan.entry.name / f"{plan.site}-{plan.task}-seed{plan.seed}-{run_id}")
     loggers = make_loggers(run_dir, run_id, config.model_dump(mode="json"), req.wandb, name=run_dir.parent.name)
-
-    if entry.regime == "text_distill":
-        from bench.train.distill import train_distill
-        from models.text.projector import TextProjector
-
-        text = ensure_text_cache(cohort, profile.distill.text_encoder)
-        datas = {s: prepare_site(cohort, s, "multitask", entry.modalities, entry.name, profile.max_patches_train,
-                                 text=text) for s in training_sites(entry, cohort, site)}
-        L.seed_everything(req.seed, workers=True, verbose=False)
-        model = build_model(entry, model_context(cohort, 4, profile.name, weights=req.weights))
-        projector = TextProjector(in_dim=text.dim, out_dim=model.embed_dim, seed=req.seed)
-        deploy = {s: prepare_site(cohort, s, "multitask", entry.modalities, entry.name, text=text)
-                  for s in deploy_sites(entry, cohort, site)}
-        outcome = train_distill(model, projector, datas, profile.distill, run_dir=run_dir, loggers=loggers,
-                                progress=req.progress, deploy=deploy)
-        datas.update(deploy)
-        results = [(s, t, {**outcome.metrics[s][t], "best_epoch": outcome.best_epoch}, datas[s]) for s, t in keys]
-    elif entry.regime == "transfer":
-        from bench.train.distill import deploy_and_probe
-        from bench.train.supervised import train_supervised
-
-        source_task = entry.source_task
-        data = prepare_site(cohort, site, source_task, entry.modalities, entry.name, profile.max_patches_train)
-        L.seed_everything(req.seed, workers=True, verbose=False)
-        n_outputs = data.n_classes if source_task == "subtype" else 4
-        model = build_model(entry, model_context(cohort, n_outputs, profile.name, weights=req.weights))
-        outcome = train_supervised(model, data, profile, run_dir=run_dir, loggers=loggers, progress=req.progress)
-        deploy = {s: prepare_site(cohort, s, "multitask", entry.modalities, entry.name)
-                  for s in deploy_sites(entry, cohort, site)}
-        probed = deploy_and_probe(model, deploy)
-        results = [(s, t, {**probed[s][t], "best_epoch": outcome.best_epoch}, deploy[s]) for s, t in keys]
-    else:
-        data = prepare_site(cohort, site, task, entry.modalities, entry.name, profile.max_patches_train)
-        n_outputs = data.n_classes if task == "subtype" else 4
-        L.seed_everything(req.seed, workers=True, verbose=False)
-        model = build_model(entry, model_context(cohort, n_outputs, profile.name, weights=req.weights))
-        if entry.regime == "supervised":
-            from bench.train.supervised import train_supervised
-
-            outcome = train_supervised(model, data, profile, run_dir=run_dir, loggers=loggers, progress=req.progress)
-            metrics = {**outcome.metrics, "best_epoch": outcome.best_epoch}
-        else:
-            from bench.train.probe import embedding_cache_path, run_linear_probe
-
-            cache = embedding_cache_path(cohort.root, probe_key(entry.name, profile.name, cohort, req.seed, weights))
-            if req.force:  # --force recomputes everything, the cached embeddings included
-                cache.unlink(missing_ok=True)
-            metrics = run_linear_probe(model, data, cache)
-        results = [(site, task, metrics, data)]
+    evaluations = regime.run(plan, RunEnv(run_dir=run_dir, loggers=loggers, progress=req.progress, force=req.force))
     seconds = time.perf_counter() - started
     for logger in loggers:
-        for s, t, metrics, _ in results:
-            logger.log_metrics({f"{s}/{t}/{k}": v for k, v in metrics.items()})
+        for ev in evaluations:
+            logger.log_metrics({f"{ev.site}/{ev.task}/{k}": v for k, v in ev.metrics.items() if v is not None})
     close_loggers(loggers)
-    stored_config = {**config.model_dump(mode="json"), "cohort_kind": cohort.kind}
-    rows = [ResultRow(run_id=run_id, task=t, model=entry.name, site=s, seed=req.seed, profile=profile.name,
-                      cohort=str(cohort.root), cohort_fingerprint=cohort.fingerprint, regime=entry.regime,
-                      metrics=metrics, config=stored_config, n_train=len(data.splits["train"]),
-                      n_val=len(data.splits["val"]), n_test=len(data.splits["test"]), n_excluded=data.n_excluded,
-                      seconds=seconds) for s, t, metrics, data in results]
+    stored_config = {**config.model_dump(mode="json"), "cohort_kind": plan.cohort.kind}
+    rows = [ResultRow(run_id=run_id, task=ev.task, model=plan.entry.name, site=ev.site, seed=plan.seed,
+                      profile=plan.profile.name, cohort=str(plan.cohort.root), cohort_fingerprint=plan.cohort.fingerprint,
+                      regime=plan.entry.regime, metrics=ev.metrics, config=stored_config,
+                      n_train=len(ev.data.splits["train"]), n_val=len(ev.data.splits["val"]),
+                      n_test=len(ev.data.splits["test"]), n_excluded=ev.data.n_excluded, seconds=seconds)
+            for ev in evaluations]
     with ResultStore(_store(req)) as store:
         store.write(rows)
     return _report(rows, status="ran")
@@ -307,15 +244,6 @@ def attempt_dir(run_dir: Path) -> Path:
     path = run_dir / f"attempt-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     path.mkdir(parents=True)
     return path
-
-
-def build_model(entry: ModelEntry, ctx: ModelContext) -> torch.nn.Module:
-    """Build ``entry`` for ``ctx``; a model that cannot read this cohort (a ValueError of its builder,
-    e.g. TITAN on 1,536-d features) is a bad-input error naming the model."""
-    try:
-        return entry.build(ctx)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        raise BenchError(f"model {entry.name}: {err}") from err
 
 
 def ensure_text_cache(cohort: Cohort, encoder: str):

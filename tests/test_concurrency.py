@@ -22,7 +22,6 @@ from dying_worker import worker_that_dies
 from bench import results as results_mod
 from bench import runner
 from bench.cli import main
-from bench.config import get_profile
 from bench.data.cohort import Cohort
 from bench.errors import BenchError
 from bench.grids import TABLE2, _run_requests, run_grid
@@ -61,7 +60,9 @@ def _insert_claim(store: Path, run_id: str, *, pid: int, host: str | None = None
 
 
 def _run_id(cohort_dir: Path, model: str, task: str, seed: int) -> str:
-    return runner.run_config(model, "RCC", task, seed, get_profile("tiny"), Cohort.load(cohort_dir)).run_id()
+    plan = runner.plan_run(runner.RunRequest(model=model, site="RCC", task=task, seed=seed, profile="tiny"),
+                           Cohort.load(cohort_dir))
+    return runner.run_config(plan).run_id()
 
 
 @pytest.fixture
@@ -209,14 +210,16 @@ def test_grid_moves_past_a_claimed_run_and_comes_back_to_it(rcc_cohort: Path, tm
 
 def test_a_failing_cell_does_not_stop_the_grid(capsys, rcc_cohort: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    real_build = runner.build_model
+    from bench.regimes import RunPlan
 
-    def build(entry, ctx):
-        if entry.name == "mlp":
+    real_build = RunPlan.build_model
+
+    def build(plan, n_outputs):
+        if plan.entry.name == "mlp":
             raise RuntimeError("simulated crash\nin the model builder")
-        return real_build(entry, ctx)
+        return real_build(plan, n_outputs)
 
-    monkeypatch.setattr(runner, "build_model", build)
+    monkeypatch.setattr(RunPlan, "build_model", build)
     store = tmp_path / "s.sqlite"
     code = main(["grid", "table2", "--profile", "tiny", "--models", "snn,mlp", "--sites", "rcc", "--seeds", "0",
                  "--cohort", str(rcc_cohort), "--store", str(store), "--jobs", "1", "--wandb", "disabled", "--json"])
