@@ -18,7 +18,7 @@ from bench.config import get_profile
 from bench.data.sites import IN_DOMAIN_SITES, OOD_SITES
 from bench.errors import BenchError, unknown_name
 from bench.registry import all_models
-from bench.results import ResultStore, store_path
+from bench.results import ResultStore, check_store, store_path
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,8 @@ def run_grid(grid: GridSpec, *, profile: str, cohort_dir: str | Path | None, sto
     from bench.runner import ensure_cohort, result_keys, run_config
 
     prof = get_profile(profile)
+    path = store_path(str(store) if store else None)
+    check_store(path)  # before the embedded cohort is generated
     cohort = ensure_cohort(cohort_dir, prof.scale)
     sites = [cohort.resolve_site(s) for s in (sites or [s for s in grid.sites if s in cohort.sites])]
     sources = {site for _, site in grid.sources if site != "PANCANCER"}
@@ -146,7 +148,6 @@ def run_grid(grid: GridSpec, *, profile: str, cohort_dir: str | Path | None, sto
         raise BenchError(f"{grid.name} deploys models tuned on {', '.join(missing_sources)}, which cohort "
                          f"{cohort.root} lacks")
     cells = grid_cells(grid, models=models, sites=sites, seeds=seeds)
-    path = store_path(str(store) if store else None)
     with ResultStore(path) as results:
         missing = [c for c in cells
                    if not results.has(run_config(c.model, c.site, c.task, c.seed, prof, cohort).run_id(),

@@ -18,10 +18,10 @@ import torch
 
 from bench.config import Profile, RunConfig, get_profile
 from bench.data.cohort import Cohort
-from bench.errors import BenchError
-from bench.data.sites import IN_DOMAIN_SITES, OOD_SITES
+from bench.errors import BenchError, unknown_name
+from bench.data.sites import ALL_SITES, IN_DOMAIN_SITES, OOD_SITES
 from bench.registry import get_model
-from bench.results import ResultRow, ResultStore
+from bench.results import ResultRow, ResultStore, check_store
 from models.base import ModelContext
 from models.registry import ModelEntry
 
@@ -129,25 +129,75 @@ def training_sites(entry: ModelEntry, cohort: Cohort, site: str) -> list[str]:
     return sites
 
 
-def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
-    """Run one experiment (or return its stored result) and return the ``run --json`` object."""
+def resolve_tasks(req: RunRequest, cohort: Cohort | None = None) -> list[str]:
+    """Check every argument of ``req`` without writing anything, and return the task of each run it
+    stands for: ``req.task``, else every task the model supports (one run each; a multitask model
+    such as ModalTune is one run storing both tasks).
+
+    Sites are checked against ``cohort``, else the ``--cohort`` directory, else the embedded synthetic
+    cohort's sites (all six), so that a bad request never generates a cohort, creates a store or a
+    run directory first.
+    """
     entry = get_model(req.model)
-    profile = get_profile(req.profile)
-    cohort = cohort or ensure_cohort(req.cohort, profile.scale)
-    site = PANCANCER if entry.pancancer else cohort.resolve_site(req.site)
-    if entry.regime == "transfer" and site != TRANSFER_SOURCE:
+    get_profile(req.profile)
+    if isinstance(req.seed, bool) or not isinstance(req.seed, int) or req.seed < 0:
+        raise BenchError(f"--seed must be a non-negative integer, got {req.seed!r}")
+    if req.task is None:
+        tasks = list(entry.tasks)
+    elif req.task in entry.tasks:
+        tasks = [req.task]
+    else:
+        raise BenchError(f"model {entry.name} does not support task {req.task!r}; it supports "
+                         f"{', '.join(entry.tasks)} (or omit --task to run each)")
+    if cohort is None and req.cohort is not None:
+        cohort = Cohort.load(req.cohort)
+    check_site(entry, req.site, cohort.sites if cohort is not None else list(ALL_SITES),
+               f"cohort {cohort.root}" if cohort is not None else "the embedded synthetic cohort")
+    check_weights(req.weights)
+    check_store(_store(req))
+    return tasks
+
+
+def check_site(entry: ModelEntry, site: str, available: list[str], where: str) -> str:
+    """The canonical site a run of ``entry`` on ``site`` trains on (``PANCANCER`` for a pan-cancer model),
+    given the sites ``available`` in the cohort (``where`` names it in errors)."""
+    if entry.pancancer:
+        if site.upper() != PANCANCER and site.upper() not in available:
+            raise unknown_name("site", site, [s.lower() for s in available] + [PANCANCER.lower()])
+        if not any(s in available for s in IN_DOMAIN_SITES):
+            raise BenchError(f"model {entry.name} trains on the in-domain sites ({', '.join(IN_DOMAIN_SITES)}); "
+                             f"{where} has none of them")
+        return PANCANCER
+    canonical = next((s for s in available if s.lower() == site.lower()), None)
+    if canonical is None:
+        raise unknown_name("site", site, [s.lower() for s in available])
+    if entry.regime == "transfer" and canonical != TRANSFER_SOURCE:
         raise BenchError(f"model {entry.name} is tuned on {TRANSFER_SOURCE} and deployed to the out-of-distribution "
                          f"sites (Table 3); run it with --site {TRANSFER_SOURCE.lower()}")
-    if entry.regime == "transfer" and not deploy_sites(entry, cohort, site):
-        raise BenchError(f"model {entry.name} is deployed to {', '.join(OOD_SITES)}; cohort {cohort.root} has none")
-    if entry.regime == "text_distill" and site in OOD_SITES:
-        raise BenchError(f"{entry.label} on {site} is the {TRANSFER_SOURCE}-trained (or pan-cancer) model deployed "
+    if entry.regime == "transfer" and not any(s in available for s in OOD_SITES):
+        raise BenchError(f"model {entry.name} is deployed to {', '.join(OOD_SITES)}; {where} has none")
+    if entry.regime == "text_distill" and canonical in OOD_SITES:
+        raise BenchError(f"{entry.label} on {canonical} is the {TRANSFER_SOURCE}-trained (or pan-cancer) model deployed "
                          f"out of distribution (Table 3): run --site {TRANSFER_SOURCE.lower()} (or the pan-cancer model)")
-    task = req.task or ("multitask" if entry.tasks == ("multitask",) else None)
-    if task is None:
-        raise BenchError(f"model {entry.name} supports tasks {', '.join(entry.tasks)}; choose one with --task")
-    if task not in entry.tasks:
-        raise BenchError(f"model {entry.name} does not support task {task!r}; it supports {', '.join(entry.tasks)}")
+    return canonical
+
+
+def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
+    """Run one experiment (or return its stored result) and return the ``run --json`` object.
+
+    ``req`` is validated by :func:`resolve_tasks` before anything is written; it must stand for one
+    run (a task given, or a model with one task).
+    """
+    if cohort is None and req.cohort is not None:
+        cohort = Cohort.load(req.cohort)
+    tasks = resolve_tasks(req, cohort)
+    entry = get_model(req.model)
+    if len(tasks) != 1:
+        raise BenchError(f"model {entry.name} supports tasks {', '.join(tasks)}; choose one with --task")
+    task = tasks[0]
+    profile = get_profile(req.profile)
+    cohort = cohort or ensure_cohort(None, profile.scale)
+    site = check_site(entry, req.site, cohort.sites, f"cohort {cohort.root}")
     weights = weights_option(req.weights)
     config = run_config(entry.name, site, task, req.seed, profile, cohort, weights)
     run_id = config.run_id()
@@ -263,13 +313,27 @@ def probe_key(model: str, profile: str, cohort: Cohort, seed: int, weights: str 
             "seed": None if weights else seed}
 
 
+def check_weights(path: str | Path | None) -> None:
+    """Refuse a ``--weights`` path that is missing, a directory, or not a readable checkpoint (its
+    tensors are not read: the model's loader checks that they fit)."""
+    if path is None:
+        return
+    from models.checkpoint import check_checkpoint
+
+    if not Path(path).exists():
+        raise BenchError(f"weights file {path} does not exist; pass a local checkpoint (nothing is downloaded)")
+    try:
+        check_checkpoint(path, "checkpoint (--weights)")
+    except (FileNotFoundError, ValueError) as err:
+        raise BenchError(str(err)) from err
+
+
 def weights_option(path: str | Path | None) -> str | None:
     """``name:sha256[:16]`` of a local weights file (part of the run id), or None for random init."""
     if path is None:
         return None
+    check_weights(path)
     path = Path(path)
-    if not path.is_file():
-        raise BenchError(f"weights file {path} does not exist; pass a local checkpoint (nothing is downloaded)")
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 24), b""):
@@ -319,16 +383,19 @@ def embed_cohort(model: str, *, cohort_dir: str | Path | None, profile: str, wei
     if entry.regime != "linear_probe":
         raise BenchError(f"model {entry.name} is not a frozen encoder (regime {entry.regime}); embed takes gigapath or titan")
     prof = get_profile(profile)
+    if seed < 0:
+        raise BenchError(f"--seed must be a non-negative integer, got {seed}")
+    check_weights(weights)  # before the embedded cohort is generated
     cohort = ensure_cohort(cohort_dir, prof.scale)
+    chosen = [cohort.resolve_site(site) for site in sites or cohort.sites]
     if prof.threads:
         torch.set_num_threads(prof.threads)
     tag = weights_option(weights)
     path = embedding_cache_path(cohort.root, probe_key(entry.name, prof.name, cohort, seed, tag))
     L.seed_everything(seed, workers=True, verbose=False)
-    encoder = entry.build(model_context(cohort, 4, prof.name, weights=weights))
+    encoder = build_model(entry, model_context(cohort, 4, prof.name, weights=weights))
     counts = {}
-    for site in sites or cohort.sites:
-        site = cohort.resolve_site(site)
+    for site in chosen:
         data = prepare_site(cohort, site, "survival", entry.modalities, entry.name)
         x = cached_embeddings(encoder, data.splits, path)
         counts[site] = sum(len(v) for v in x.values())

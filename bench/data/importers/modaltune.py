@@ -326,6 +326,15 @@ def _site_bins(site: str, patients: pd.DataFrame, notes: list[str]) -> list[floa
 
 
 # ---------------------------------------------------------------------------------------------- RNA
+_CSV_ERRORS = (UnicodeDecodeError, csv.Error, pd.errors.ParserError, pd.errors.EmptyDataError)
+
+
+def _unreadable_csv(path: Path, option: str, err: Exception) -> CohortImportError:
+    """The error for a file that is no text CSV at all (binary, another encoding, empty, unparseable)."""
+    return CohortImportError(f"{path}: not a readable CSV ({type(err).__name__}: {err}); {option} takes a UTF-8 "
+                             "CSV file")
+
+
 def _read_rna_csv(path: Path, notes: list[str]) -> pd.DataFrame:
     """One expression CSV as float32 ``[patients, genes]`` indexed by TCGA patient barcode.
 
@@ -335,13 +344,17 @@ def _read_rna_csv(path: Path, notes: list[str]) -> pd.DataFrame:
     """
     if not path.is_file():
         raise CohortImportError(f"{path}: expression CSV not found (--rna)")
-    with path.open(newline="") as f:
-        header = [h.strip() for h in next(csv.reader(f), [])]
-    if len(header) < 2:
-        raise CohortImportError(f"{path}: expected a patient id column then one column per gene (rna_clean.csv layout)")
+    try:
+        with path.open(newline="") as f:
+            header = [h.strip() for h in next(csv.reader(f), [])]
+        if len(header) < 2:
+            raise CohortImportError(f"{path}: expected a patient id column then one column per gene "
+                                    "(rna_clean.csv layout)")
+        # Only an empty cell is missing: text such as "NA" or "n/a" is reported as the non-number it is.
+        df = pd.read_csv(path, low_memory=False, keep_default_na=False, na_values=[""])
+    except _CSV_ERRORS as err:
+        raise _unreadable_csv(path, "--rna", err) from err
     id_pos = header.index("case_id") if "case_id" in header else 0
-    # Only an empty cell is missing: text such as "NA" or "n/a" is reported as the non-number it is.
-    df = pd.read_csv(path, low_memory=False, keep_default_na=False, na_values=[""])
     if df.shape[1] != len(header):
         raise CohortImportError(f"{path}: rows have {df.shape[1]} fields but the header {len(header)}; "
                                 "write the file without a separate index column")
@@ -409,7 +422,10 @@ def _read_pathways(path: Path) -> pd.DataFrame:
     """combine_comps.csv layout as an int ``[genes, pathways]`` 0/1 table indexed by gene."""
     if not path.is_file():
         raise CohortImportError(f"{path}: pathway file not found (--pathways)")
-    df = pd.read_csv(path, keep_default_na=False, na_values=[""])  # a gene may be called "NA"
+    try:
+        df = pd.read_csv(path, keep_default_na=False, na_values=[""])  # a gene may be called "NA"
+    except _CSV_ERRORS as err:
+        raise _unreadable_csv(path, "--pathways", err) from err
     gene_col = "gene" if "gene" in df.columns else df.columns[0]
     leading = list(df.columns[: list(df.columns).index(gene_col)])
     if any(not str(c).startswith("Unnamed:") for c in leading):
@@ -463,7 +479,10 @@ def _read_families(path: Path, genes: Sequence[str], notes: list[str]) -> pd.Dat
     """
     if not path.is_file():
         raise CohortImportError(f"{path}: gene family file not found (--families)")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except _CSV_ERRORS as err:
+        raise _unreadable_csv(path, "--families", err) from err
     lower = {str(c).strip().lower(): c for c in df.columns}
     if "gene" in lower and "family" in lower:
         pairs = df[[lower["gene"], lower["family"]]].set_axis(["gene", "family"], axis=1)
