@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,103 @@ def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _int_list(text: str) -> list[int]:
+def _bounded_int(text: str, minimum: int) -> int:
+    """``text`` as an integer of at least ``minimum`` (0: seeds; 1: counts and sizes), else a usage error."""
     try:
-        return [int(t) for t in _csv_list(text)]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < minimum:
+        kind = "a non-negative" if minimum == 0 else "a positive"
+        raise argparse.ArgumentTypeError(f"must be {kind} integer, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    """A seed: an integer >= 0."""
+    return _bounded_int(text, 0)
+
+
+def _positive(text: str) -> int:
+    """A count or size (steps, patches, dim, layers, jobs): an integer >= 1."""
+    return _bounded_int(text, 1)
+
+
+def _int_list(text: str, minimum: int) -> list[int]:
+    """Comma-separated integers of at least ``minimum``; at least one."""
+    items = _csv_list(text)
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    try:
+        return [_bounded_int(t, minimum) for t in items]
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{err} (in {text!r})") from None
+
+
+def _seed_list(text: str) -> list[int]:
+    """``--seeds``: comma-separated seeds (integers >= 0)."""
+    return _int_list(text, 0)
+
+
+def _positive_list(text: str) -> list[int]:
+    """Comma-separated sizes (``--tokens``): integers >= 1."""
+    return _int_list(text, 1)
+
+
+def _tolerance(text: str) -> float:
+    """A finite, non-negative float (0 = metrics must match exactly)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _input_file(text: str) -> str:
+    """An existing file (checkpoints, tokenizers, CSVs): checked before any command does work."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; expected a file")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return text
+
+
+def _input_dir(text: str) -> str:
+    """An existing directory (the release's split files, a feature tree)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; expected a directory")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"no such directory: {text}")
+    return text
+
+
+def _creatable(path: Path, text: str) -> None:
+    """Refuse an output path whose nearest existing ancestor is not a writable directory."""
+    ancestor = next(p for p in path.absolute().parents if p.exists())
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot create {text}: {ancestor} is not a writable directory")
+
+
+def _output_file(text: str) -> str:
+    """A file to (over)write: not a directory, and creatable."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; expected a file path")
+    _creatable(path, text)
+    return text
+
+
+def _output_dir(text: str) -> str:
+    """A directory to create (or replace, where the command allows it): not an existing file, and creatable."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; expected a directory")
+    _creatable(path, text)
+    return text
 
 
 def _json_default(obj: Any) -> Any:
@@ -61,7 +154,10 @@ def _add_store(p: argparse.ArgumentParser) -> None:
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from bench.data.synth import generate_cohort
 
-    path = generate_cohort(args.out, scale=args.scale, seed=args.seed)
+    try:
+        path = generate_cohort(args.out, scale=args.scale, seed=args.seed)
+    except FileExistsError as err:  # --out is a non-empty directory that is not a cohort
+        raise BenchError(f"{err}; choose a new or empty --out directory") from err
     if args.json:
         from bench.data.cohort import Cohort
 
@@ -167,14 +263,24 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- run, grid, table
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.runner import RunRequest, execute
+    """One run (``--task`` given), or one per task the model supports; every argument is checked before
+    any of them starts. ``--json``: the run's object with ``--task``, else ``{model, site, seed,
+    profile, tasks, runs: [run objects]}``."""
+    from dataclasses import replace
 
-    result = execute(RunRequest(model=args.model, site=args.site, task=args.task, seed=args.seed,
-                                profile=args.profile, cohort=args.cohort, store=args.store, force=args.force,
-                                wandb=args.wandb, weights=args.weights, progress=not args.json and sys.stderr.isatty()))
+    from bench.runner import RunRequest, execute, resolve_tasks
+
+    req = RunRequest(model=args.model, site=args.site, task=args.task, seed=args.seed, profile=args.profile,
+                     cohort=args.cohort, store=args.store, force=args.force, wandb=args.wandb, weights=args.weights,
+                     progress=not args.json and sys.stderr.isatty())
+    tasks = resolve_tasks(req)
+    results = [execute(replace(req, task=task)) for task in tasks]
     if args.json:
-        _emit(result)
-    else:
+        _emit(results[0] if args.task else
+              {"model": results[0]["model"], "site": results[0]["site"], "seed": args.seed,
+               "profile": results[0]["profile"], "tasks": tasks, "runs": results})
+        return 0
+    for result in results:
         shown = {k: round(v, 4) for k, v in result["metrics"].items() if k.startswith("test_")}
         print(f"{result['status']}: {result['model']} {result['site']} {result['task']} seed {result['seed']} "
               f"({result['profile']}) run {result['run_id']}: {shown}")
@@ -247,6 +353,9 @@ def cmd_text_prompts(args: argparse.Namespace) -> int:
 def cmd_text_embed(args: argparse.Namespace) -> int:
     from bench.text_cache import write_text_cache
 
+    if args.encoder != "conch" and (args.text_weights or args.text_tokenizer):
+        raise BenchError(f"--text-weights / --text-tokenizer are read by --encoder conch only, not {args.encoder!r}; "
+                         "add --encoder conch or drop them")
     path = write_text_cache(args.cohort, args.encoder, weights=args.text_weights, tokenizer=args.text_tokenizer,
                             seed=args.seed)
     if args.json:
@@ -300,21 +409,21 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="create, import, inspect and validate cohorts")
     dsub = data.add_subparsers(dest="data_command", required=True)
     p = dsub.add_parser("synth", help="generate the synthetic TCGA-like cohort")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, type=_output_dir)
     p.add_argument("--scale", default="tiny", choices=["tiny", "small", "paper"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_data_synth)
     p = dsub.add_parser("import", help="import real data into a cohort")
     isub = p.add_subparsers(dest="source", required=True)
     q = isub.add_parser("modaltune", help="the ModalTune release's split JSONs (+ SurvPath RNA/pathway CSVs)")
-    q.add_argument("--splits", required=True, help="dataset/json_splits directory of the release")
-    q.add_argument("--out", required=True)
+    q.add_argument("--splits", required=True, type=_input_dir, help="dataset/json_splits directory of the release")
+    q.add_argument("--out", required=True, type=_output_dir)
     q.add_argument("--sites", help="comma-separated sites (default: all found)")
-    q.add_argument("--features-root", help="directory searched (recursively) for <slide_id>.h5/.pt")
-    q.add_argument("--rna", action="append", help="rna_clean.csv (repeatable, e.g. one per site)")
-    q.add_argument("--pathways", help="combine_comps.csv (gene x pathway)")
-    q.add_argument("--families", help="MCAT signatures.csv, or a gene,family CSV")
+    q.add_argument("--features-root", type=_input_dir, help="directory searched (recursively) for <slide_id>.h5/.pt")
+    q.add_argument("--rna", action="append", type=_input_file, help="rna_clean.csv (repeatable, e.g. one per site)")
+    q.add_argument("--pathways", type=_input_file, help="combine_comps.csv (gene x pathway)")
+    q.add_argument("--families", type=_input_file, help="MCAT signatures.csv, or a gene,family CSV")
     q.add_argument("--all-patients", action="store_true", help="keep patients with gene_availability != 1 too")
     q.add_argument("--rna-duplicates", default="error", choices=["error", "mean", "first"],
                    help="a patient on several rows of one --rna file: refuse (default, lists them all), average the "
@@ -343,9 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = tsub.add_parser("embed", help="embed every patient's prompts and cache them in text/<encoder>.pt")
     p.add_argument("--cohort", required=True)
     p.add_argument("--encoder", default="bow", help="bow (offline default), conch, or hf:DIR")
-    p.add_argument("--text-weights", help="conch: local checkpoint of CONCH")
-    p.add_argument("--text-tokenizer", help="conch: tokenizer.json (default: next to the weights)")
-    p.add_argument("--seed", type=int, default=0, help="bow: seed of the Gaussian projection")
+    p.add_argument("--text-weights", type=_input_file, help="conch: local checkpoint of CONCH")
+    p.add_argument("--text-tokenizer", type=_input_file, help="conch: tokenizer.json (default: next to the weights)")
+    p.add_argument("--seed", type=_seed, default=0, help="bow: seed of the Gaussian projection")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_text_embed)
 
@@ -359,8 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train and evaluate one model on one site and task")
     p.add_argument("--model", required=True)
     p.add_argument("--site", required=True)
-    p.add_argument("--task", choices=["subtype", "survival", "multitask"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--task", choices=["subtype", "survival", "multitask"],
+                   help="default: every task the model supports, one run each")
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--cohort", help="cohort directory (default: the embedded synthetic cohort of the profile)")
     p.add_argument("--profile", default="small", choices=["tiny", "small", "paper"])
     _add_store(p)
@@ -375,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cohort")
     p.add_argument("--profile", default="small", choices=["tiny", "small", "paper"])
     p.add_argument("--weights", help="local checkpoint (default: random initialisation)")
-    p.add_argument("--seed", type=int, default=0, help="initialisation seed when no weights are given")
+    p.add_argument("--seed", type=_seed, default=0, help="initialisation seed when no weights are given")
     p.add_argument("--sites")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_embed)
@@ -384,10 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("table")
     p.add_argument("--profile", default="small", choices=["tiny", "small", "paper"])
     p.add_argument("--cohort")
-    p.add_argument("--seeds", type=_int_list)
+    p.add_argument("--seeds", type=_seed_list)
     p.add_argument("--sites")
     p.add_argument("--models")
-    p.add_argument("--jobs", type=int, help="parallel runs (default: the profile's)")
+    p.add_argument("--jobs", type=_positive, help="parallel runs (default: the profile's)")
     _add_store(p)
     p.add_argument("--wandb", default="offline", choices=["online", "offline", "disabled"])
     p.add_argument("--json", action="store_true")
@@ -396,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", help="render a table from the results store beside the paper's figures")
     p.add_argument("table")
     p.add_argument("--format", default="md", choices=["md", "latex", "csv"])
-    p.add_argument("--out")
+    p.add_argument("--out", type=_output_file)
     p.add_argument("--profile", choices=["tiny", "small", "paper"], help="default: the profile of the latest run")
     _add_store(p)
     p.set_defaults(func=cmd_table)
@@ -404,19 +514,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("drift", help="record or check the drift grid's metrics")
     p.add_argument("action", choices=["record", "check"])
     p.add_argument("--expected", help="recorded metrics (default tests/drift/expected.json)")
-    p.add_argument("--tolerance", type=float)
+    p.add_argument("--tolerance", type=_tolerance)
     p.add_argument("--cohort", help="tiny cohort to use (default: the embedded one)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_drift)
 
     p = sub.add_parser("perf", help="performance benchmarks")
     p.add_argument("what", choices=["harness", "models", "gigapath", "titan", "modaltune"])
-    p.add_argument("--tokens", type=_int_list, help="gigapath/titan: bag sizes (default 1024,4096,16384)")
-    p.add_argument("--layers", type=int, help="gigapath/titan: encoder layers at the paper width")
-    p.add_argument("--steps", type=int, default=200, help="harness: training steps")
-    p.add_argument("--patches", type=int, help="patches per bag (harness 512, models 4096)")
+    p.add_argument("--tokens", type=_positive_list, help="gigapath/titan: bag sizes (default 1024,4096,16384)")
+    p.add_argument("--layers", type=_positive, help="gigapath/titan: encoder layers at the paper width")
+    p.add_argument("--steps", type=_positive, default=200, help="harness: training steps")
+    p.add_argument("--patches", type=_positive, help="patches per bag (harness 512, models 4096)")
     p.add_argument("--models", help="models: which models (default: the Table 2 comparison models)")
-    p.add_argument("--dim", type=int, default=1536)
+    p.add_argument("--dim", type=_positive, default=1536)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_perf)
     return parser

@@ -61,7 +61,16 @@ def run_drift_grid(cohort_dir: str | Path | None = None) -> dict[str, Any]:
 
 
 def record(expected: str | Path = DEFAULT_EXPECTED, cohort_dir: str | Path | None = None) -> dict[str, Any]:
-    """Run the drift grid and write its metrics to ``expected`` (atomically)."""
+    """Run the drift grid and write its metrics to ``expected`` (atomically); a target that cannot be
+    written is refused before the grid runs."""
+    from bench.errors import BenchError
+
+    target = Path(expected)
+    if target.is_dir():
+        raise BenchError(f"{target} is a directory; --expected names the JSON file to record the metrics in")
+    ancestor = next(p for p in target.absolute().parents if p.exists())
+    if not ancestor.is_dir():
+        raise BenchError(f"cannot write {target}: {ancestor} is not a directory; choose another --expected")
     observed = run_drift_grid(cohort_dir)
     fmt.write_json(expected, {**observed, "tolerance": DEFAULT_TOLERANCE})
     return observed
@@ -101,7 +110,14 @@ def check(expected: str | Path = DEFAULT_EXPECTED, tolerance: float | None = Non
     path = Path(expected)
     if not path.is_file():
         raise BenchError(f"{path}: no recorded drift metrics; record them with `python -m bench drift record`")
-    recorded = json.loads(path.read_text(), parse_constant=lambda c: float(c))
+    try:
+        recorded = json.loads(path.read_text(), parse_constant=lambda c: float(c))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BenchError(f"{path}: not a drift record (unreadable JSON: {err}); record one with "
+                         "`python -m bench drift record --expected FILE`") from err
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("metrics"), dict):
+        raise BenchError(f"{path}: not a drift record (no 'metrics' object); record one with "
+                         "`python -m bench drift record --expected FILE`")
     tol = tolerance if tolerance is not None else float(recorded.get("tolerance", DEFAULT_TOLERANCE))
     observed = run_drift_grid(cohort_dir)
     return compare(recorded, observed, tol), observed

@@ -21,7 +21,7 @@ from bench.regimes import source_site
 from models.paper.sites import IN_DOMAIN_SITES, OOD_SITES
 from bench.errors import BenchError, unknown_name
 from bench.registry import all_models
-from bench.results import ResultStore, store_path
+from bench.results import ResultStore, check_store, store_path
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +145,11 @@ def run_grid(grid: GridSpec, *, profile: str, cohort_dir: str | Path | None, sto
     from bench.runner import RunRequest, ensure_cohort, plan_run, run_config
 
     prof = get_profile(profile)
+    path = store_path(str(store) if store else None)
+    check_store(path)  # before the embedded cohort is generated
     cohort = ensure_cohort(cohort_dir, prof.scale)
     sites = [cohort.resolve_site(s) for s in (sites or [s for s in grid.sites if s in cohort.sites])]
     cells = grid_cells(grid, models=models, sites=sites, seeds=seeds)
-    path = store_path(str(store) if store else None)
     plans = [plan_run(RunRequest(model=c.model, site=c.site, task=c.task, seed=c.seed, profile=prof.name), cohort)
              for c in cells]
     run_ids = [run_config(plan).run_id() for plan in plans]

@@ -26,11 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.errors import BenchError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_STORE = Path("runs") / "results.sqlite"
 CLAIM_HEARTBEAT_S = 30.0  # a lease holder refreshes its claim this often while it trains
 CLAIM_STALE_S = 600.0  # a claim not refreshed for this long is stale, whoever holds it
+# The store's layout version, kept in SQLite's ``PRAGMA user_version`` (0 = a store written before
+# versioning, same layout as 1). Bump it with any change that older code could not read; older code
+# then refuses the store instead of misreading it.
+SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -178,16 +184,52 @@ def _decode_metrics(text: str) -> dict[str, float]:
     return {k: (float("nan") if v is None else v) for k, v in json.loads(text).items()}
 
 
+def check_store(path: str | Path) -> None:
+    """Refuse ``path`` as a results store, without writing anything, unless it is absent and can be
+    created, an empty database, or a results store of a schema version this code reads.
+
+    Runs before a run or a grid writes anything (and on every open), so that a wrong ``--store``
+    (a directory, another program's file, a store of a newer modaltune-bench) is a named error, never
+    a traceback from SQLite or a store silently altered.
+    """
+    path = Path(path)
+    fix = "pass another --store (or set BENCH_STORE)"
+    if path.is_dir():
+        raise BenchError(f"results store {path} is a directory; {fix}, e.g. --store {path / DEFAULT_STORE.name}")
+    if not path.exists():
+        ancestor = next(p for p in path.absolute().parents if p.exists())
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            raise BenchError(f"results store {path} cannot be created: {ancestor} is not a writable directory; {fix}")
+        return
+    try:
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as err:
+        raise BenchError(f"{path} is not a results store (SQLite: {err}); {fix}") from err
+    if tables and "results" not in tables:
+        raise BenchError(f"{path} is an SQLite database but not a results store (no 'results' table); {fix}")
+    if version > SCHEMA_VERSION:
+        raise BenchError(f"results store {path} was written by a newer modaltune-bench (schema {version} > "
+                         f"{SCHEMA_VERSION}); upgrade, or use another --store")
+
+
 class ResultStore:
-    """Read/write access to one SQLite results file."""
+    """Read/write access to one SQLite results file (checked by :func:`check_store` first)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        check_store(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA busy_timeout=60000")
         self._conn.executescript(_SCHEMA)
+        if self._conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._conn.close()

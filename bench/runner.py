@@ -22,7 +22,7 @@ from bench.data.cohort import Cohort
 from bench.errors import BenchError
 from bench.regimes import PANCANCER, Regime, RunEnv, RunPlan, regime_for
 from bench.registry import get_model
-from bench.results import Lease, ResultRow, ResultStore
+from bench.results import Lease, ResultRow, ResultStore, check_store
 from models.base import ModelContext
 from models.paper.sites import ALL_SITES
 from models.registry import ModelEntry
@@ -135,23 +135,48 @@ def synthetic_context(scale: str, n_outputs: int, profile: str) -> ModelContext:
                         pathways=torch.from_numpy(genes.membership.astype(bool)), families=families, profile=profile)
 
 
-def plan_run(req: RunRequest, cohort: Cohort | None = None) -> RunPlan:
-    """Validate ``req`` and resolve it into a :class:`RunPlan`: the model, profile, seed, task and
-    site are checked (against the embedded cohort's sites when no cohort is given) before the
-    embedded cohort is generated, so a bad request writes nothing."""
+def resolve_tasks(req: RunRequest, cohort: Cohort | None = None) -> list[str]:
+    """Check every argument of ``req`` without writing anything, and return the task of each run it
+    stands for: ``req.task``, else every task the model supports (one run each; a multitask model
+    such as ModalTune is one run storing both tasks).
+
+    Sites are checked by the model's regime against ``cohort``, else the ``--cohort`` directory, else
+    the embedded synthetic cohort's sites (all six), so that a bad request never generates a cohort,
+    creates a store or a run directory first.
+    """
     entry = get_model(req.model)
+    get_profile(req.profile)
+    if isinstance(req.seed, bool) or not isinstance(req.seed, int) or req.seed < 0:
+        raise BenchError(f"--seed must be a non-negative integer, got {req.seed!r}")
+    if req.task is None:
+        tasks = list(entry.tasks)
+    elif req.task in entry.tasks:
+        tasks = [req.task]
+    else:
+        raise BenchError(f"model {entry.name} does not support task {req.task!r}; it supports "
+                         f"{', '.join(entry.tasks)} (or omit --task to run each)")
+    if cohort is None and req.cohort is not None:
+        cohort = Cohort.load(req.cohort)
+    regime_for(entry).validate(entry, req.site, cohort.sites if cohort is not None else list(ALL_SITES),
+                               f"cohort {cohort.root}" if cohort is not None else "the embedded synthetic cohort")
+    check_weights(req.weights)
+    check_store(_store(req))
+    return tasks
+
+
+def plan_run(req: RunRequest, cohort: Cohort | None = None) -> RunPlan:
+    """Validate ``req`` (:func:`resolve_tasks`, before the embedded cohort is generated, so a bad
+    request writes nothing) and resolve it into the :class:`RunPlan` of one run."""
+    if cohort is None and req.cohort is not None:
+        cohort = Cohort.load(req.cohort)
+    tasks = resolve_tasks(req, cohort)
+    entry = get_model(req.model)
+    if len(tasks) != 1:
+        raise BenchError(f"model {entry.name} supports tasks {', '.join(tasks)}; choose one with --task")
     profile = get_profile(req.profile)
-    regime = regime_for(entry)
-    task = req.task or ("multitask" if entry.tasks == ("multitask",) else None)
-    if task is None:
-        raise BenchError(f"model {entry.name} supports tasks {', '.join(entry.tasks)}; choose one with --task")
-    if task not in entry.tasks:
-        raise BenchError(f"model {entry.name} does not support task {task!r}; it supports {', '.join(entry.tasks)}")
-    if cohort is None and req.cohort is None:
-        regime.validate(entry, req.site, list(ALL_SITES), "the embedded synthetic cohort")
-    cohort = cohort or ensure_cohort(req.cohort, profile.scale)
-    site = regime.validate(entry, req.site, cohort.sites, f"cohort {cohort.root}")
-    return RunPlan(entry=entry, cohort=cohort, site=site, task=task, seed=req.seed, profile=profile,
+    cohort = cohort or ensure_cohort(None, profile.scale)
+    site = regime_for(entry).validate(entry, req.site, cohort.sites, f"cohort {cohort.root}")
+    return RunPlan(entry=entry, cohort=cohort, site=site, task=tasks[0], seed=req.seed, profile=profile,
                    weights=req.weights, weights_tag=weights_option(req.weights), overrides=dict(req.overrides))
 
 
@@ -264,13 +289,27 @@ def probe_key(model: str, profile: str, cohort: Cohort, seed: int, weights: str 
             "seed": None if weights else seed}
 
 
+def check_weights(path: str | Path | None) -> None:
+    """Refuse a ``--weights`` path that is missing, a directory, or not a readable checkpoint (its
+    tensors are not read: the model's loader checks that they fit)."""
+    if path is None:
+        return
+    from models.checkpoint import check_checkpoint
+
+    if not Path(path).exists():
+        raise BenchError(f"weights file {path} does not exist; pass a local checkpoint (nothing is downloaded)")
+    try:
+        check_checkpoint(path, "checkpoint (--weights)")
+    except (FileNotFoundError, ValueError) as err:
+        raise BenchError(str(err)) from err
+
+
 def weights_option(path: str | Path | None) -> str | None:
     """``name:sha256[:16]`` of a local weights file (part of the run id), or None for random init."""
     if path is None:
         return None
+    check_weights(path)
     path = Path(path)
-    if not path.is_file():
-        raise BenchError(f"weights file {path} does not exist; pass a local checkpoint (nothing is downloaded)")
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 24), b""):
@@ -320,16 +359,19 @@ def embed_cohort(model: str, *, cohort_dir: str | Path | None, profile: str, wei
     if entry.regime != "linear_probe":
         raise BenchError(f"model {entry.name} is not a frozen encoder (regime {entry.regime}); embed takes gigapath or titan")
     prof = get_profile(profile)
+    if seed < 0:
+        raise BenchError(f"--seed must be a non-negative integer, got {seed}")
+    check_weights(weights)  # before the embedded cohort is generated
     cohort = ensure_cohort(cohort_dir, prof.scale)
+    chosen = [cohort.resolve_site(site) for site in sites or cohort.sites]
     if prof.threads:
         torch.set_num_threads(prof.threads)
     tag = weights_option(weights)
     path = embedding_cache_path(cohort.root, probe_key(entry.name, prof.name, cohort, seed, tag))
     L.seed_everything(seed, workers=True, verbose=False)
-    encoder = entry.build(model_context(cohort, 4, prof.name, weights=weights))
+    encoder = build_model(entry, model_context(cohort, 4, prof.name, weights=weights))
     counts = {}
-    for site in sites or cohort.sites:
-        site = cohort.resolve_site(site)
+    for site in chosen:
         data = prepare_site(cohort, site, "survival", entry.modalities, entry.name)
         x = cached_embeddings(encoder, data.splits, path)
         counts[site] = sum(len(v) for v in x.values())

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.checkpoint import load_checkpoint, load_state_strictly
 from models.longnet import LongNetEncoder
 
 __all__ = [
@@ -321,16 +322,9 @@ def load_gigapath_weights(model: GigaPathSlideEncoder, path: str | Path) -> Giga
     read with ``weights_only=True``), a bare state dict saved by torch, or a ``.safetensors`` file
     holding the same 247 keys.  Nothing is downloaded.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no slide-encoder weights at {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state: Mapping[str, torch.Tensor] = load_file(str(path))
-    else:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-        state = loaded["model"] if isinstance(loaded.get("model"), Mapping) else loaded
-    model.load_state_dict(state, strict=True)
+    what = "Prov-GigaPath slide-encoder checkpoint"
+    loaded = load_checkpoint(path, what)
+    state: Mapping[str, torch.Tensor] = loaded["model"] if isinstance(loaded.get("model"), Mapping) else loaded
+    load_state_strictly(model, state, path, what)
     logger.info("loaded %d slide-encoder tensors from %s", len(state), path)
     return model

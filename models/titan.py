@@ -64,6 +64,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.checkpoint import check_checkpoint, load_checkpoint, load_state_strictly
+
 __all__ = [
     "PAPER_PARAMETERS",
     "VISION_PREFIX",
@@ -569,17 +571,21 @@ class TitanSlideEncoder(nn.Module):
         return self.pool(*self.forward_tokens(features, coords, mask, patch_size_lv0))
 
 
+_WHAT = "TITAN checkpoint"
+
+
 def _read_checkpoint(path: Path) -> Mapping[str, torch.Tensor]:
     """Tensors of a local checkpoint: only the vision tower's when the file holds the full model."""
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
+        check_checkpoint(path, _WHAT)
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             names = list(handle.keys())
             if any(name.startswith(VISION_PREFIX) for name in names):
                 names = [name for name in names if name.startswith(VISION_PREFIX)]
             return {name: handle.get_tensor(name) for name in names}
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    loaded = load_checkpoint(path, _WHAT)
     for wrapper in ("state_dict", "model"):
         if isinstance(loaded.get(wrapper), Mapping):
             return loaded[wrapper]
@@ -597,11 +603,9 @@ def load_titan_weights(model: TitanSlideEncoder, path: str | Path) -> TitanSlide
     ``load_slide_encoder`` does.  Nothing is downloaded.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no TITAN weights at {path}")
     state = _read_checkpoint(path)
     if any(name.startswith(VISION_PREFIX) for name in state):
         state = {name[len(VISION_PREFIX):]: t for name, t in state.items() if name.startswith(VISION_PREFIX)}
-    model.load_state_dict(state, strict=True)
+    load_state_strictly(model, state, path, _WHAT)
     logger.info("loaded %d TITAN vision-tower tensors from %s", len(state), path)
     return model

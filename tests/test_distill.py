@@ -46,8 +46,8 @@ def test_paper_schedule_is_the_papers() -> None:
 
 def test_modaltune_run_stores_both_tasks_under_one_run_id(capsys, rcc_cohort: Path, tmp_path: Path) -> None:
     store = tmp_path / "mt.sqlite"
-    args = ["run", "--model", "modaltune", "--site", "rcc", "--profile", "tiny", "--cohort", str(rcc_cohort),
-            "--store", str(store), "--wandb", "disabled", "--json"]
+    args = ["run", "--model", "modaltune", "--site", "rcc", "--task", "multitask", "--profile", "tiny", "--cohort",
+            str(rcc_cohort), "--store", str(store), "--wandb", "disabled", "--json"]
     code, out = _json(capsys, *args)
     assert code == 0 and out["task"] == "multitask"
     assert {"test_balanced_accuracy", "test_c_index", "val_balanced_accuracy", "best_epoch"} <= set(out["metrics"])
@@ -105,9 +105,11 @@ def test_pancancer_run_trains_once_and_stores_every_site(capsys, tiny_cohort: Pa
     """One pan-cancer model, probed per in-domain site and deployed to the OOD sites (the release's
     pan-cancer test path raises a TypeError)."""
     store = tmp_path / "pc.sqlite"
-    code, out = _json(capsys, "run", "--model", "modaltune_pancancer", "--site", "brca", "--profile", "tiny",
-                      "--cohort", str(tiny_cohort), "--store", str(store), "--wandb", "disabled", "--json")
-    assert code == 0 and out["site"] == "PANCANCER"
+    code, runs = _json(capsys, "run", "--model", "modaltune_pancancer", "--site", "brca", "--profile", "tiny",
+                       "--cohort", str(tiny_cohort), "--store", str(store), "--wandb", "disabled", "--json")
+    assert code == 0 and runs["tasks"] == ["multitask"] and len(runs["runs"]) == 1  # without --task: every run
+    out = runs["runs"][0]
+    assert out["site"] == runs["site"] == "PANCANCER"
     assert set(out["metrics"]["sites"]) == {"BRCA", "GBMLGG", "NSCLC", "RCC", "COADREAD", "BLCA"}
     with ResultStore(store) as s:
         assert len(s.get(out["run_id"])) == 12

@@ -182,7 +182,7 @@ def test_checkpoint_round_trip_preserves_outputs(tmp_path):
 
     bad = {k: v for k, v in source.state_dict().items() if k != "norm.bias"}
     torch.save({"model": bad}, tmp_path / "missing.pth")
-    with pytest.raises(RuntimeError, match="norm.bias"):
+    with pytest.raises(ValueError, match="norm.bias"):
         load_gigapath_weights(tiny_model(), tmp_path / "missing.pth")
     with pytest.raises(FileNotFoundError):
         load_gigapath_weights(tiny_model(), tmp_path / "absent.pth")

@@ -127,3 +127,29 @@ def test_data_stats_shape(capsys, tiny_cohort: Path) -> None:
     assert set(brca["classes"]) == {"-1", "0", "1"}
     total = brca["train"] + brca["val"] + brca["test"]
     assert brca["events"] + brca["censored"] == total == sum(brca["classes"].values())
+
+
+def test_run_without_task_runs_every_task_of_the_model(capsys, tmp_path: Path) -> None:
+    """The design card's command: no --task, no --cohort. Each task is its own run and stored row, printed
+    together; the embedded cohort and the store land where BENCH_COHORTS / BENCH_STORE point."""
+    args = ["run", "--model", "survpath", "--site", "rcc", "--profile", "tiny", "--wandb", "disabled"]
+    code, out = run_json(capsys, *args, "--json")
+    assert code == 0
+    assert (out["model"], out["site"], out["seed"], out["profile"]) == ("survpath", "RCC", 0, "tiny")
+    assert out["tasks"] == ["subtype", "survival"]
+    assert [(r["task"], r["status"]) for r in out["runs"]] == [("subtype", "ran"), ("survival", "ran")]
+    assert "test_balanced_accuracy" in out["runs"][0]["metrics"] and "test_c_index" in out["runs"][1]["metrics"]
+    assert (tmp_path / "default-cohorts" / "synthetic-tiny" / "cohort.json").is_file()
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        rows = store.rows(profile="tiny")
+    assert sorted((r.model, r.site, r.task, r.run_id) for r in rows) == sorted(
+        ("survpath", "RCC", r["task"], r["run_id"]) for r in out["runs"])
+    # --task keeps the single-run object, and is the same run as the matching entry of "runs"
+    code, single = run_json(capsys, *args, "--task", "survival", "--json")
+    assert code == 0 and single["status"] == "cached" and single["run_id"] == out["runs"][1]["run_id"]
+    assert single["metrics"] == out["runs"][1]["metrics"]
+    # without --json: one line per run
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:4] for line in lines] == [["cached:", "survpath", "RCC", "subtype"],
+                                                   ["cached:", "survpath", "RCC", "survival"]]

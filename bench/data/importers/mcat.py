@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.data import format as fmt
+from bench.data.importers.values import read_csv
 from bench.errors import CohortImportError
 
 
@@ -24,7 +25,7 @@ def read_families(path: Path, genes: Sequence[str], notes: list[str]) -> pd.Data
     """
     if not path.is_file():
         raise CohortImportError(f"{path}: gene family file not found (--families)")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    df = read_csv(path, "--families", dtype=str, keep_default_na=False, na_values=[""])
     lower = {str(c).strip().lower(): c for c in df.columns}
     if "gene" in lower and "family" in lower:
         pairs = df[[lower["gene"], lower["family"]]].set_axis(["gene", "family"], axis=1)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.data.importers.values import raw_text, show
+from bench.data.importers.values import raw_text, read_csv, read_header, show
 from bench.errors import CohortImportError
 
 RNA_SUFFIX = "_rnaseq"  # MCAT-style expression column suffix ("TP53_rnaseq")
@@ -45,13 +45,12 @@ def _read_rna_csv(path: Path, notes: list[str], duplicates: str = "error") -> tu
     """
     if not path.is_file():
         raise CohortImportError(f"{path}: expression CSV not found (--rna)")
-    with path.open(newline="") as f:
-        header = [h.strip() for h in next(csv.reader(f), [])]
+    header = read_header(path, "--rna")
     if len(header) < 2:
         raise CohortImportError(f"{path}: expected a patient id column then one column per gene (rna_clean.csv layout)")
     id_pos = header.index("case_id") if "case_id" in header else 0
     # Only an empty cell is missing: text such as "NA" or "n/a" is reported as the non-number it is.
-    df = pd.read_csv(path, low_memory=False, keep_default_na=False, na_values=[""])
+    df = read_csv(path, "--rna", low_memory=False, keep_default_na=False, na_values=[""])
     if df.shape[1] != len(header):
         raise CohortImportError(f"{path}: rows have {df.shape[1]} fields but the header {len(header)}; "
                                 "write the file without a separate index column")
@@ -171,7 +170,7 @@ def read_pathways(path: Path) -> pd.DataFrame:
     """combine_comps.csv layout as an int ``[genes, pathways]`` 0/1 table indexed by gene."""
     if not path.is_file():
         raise CohortImportError(f"{path}: pathway file not found (--pathways)")
-    df = pd.read_csv(path, keep_default_na=False, na_values=[""])  # a gene may be called "NA"
+    df = read_csv(path, "--pathways", keep_default_na=False, na_values=[""])  # a gene may be called "NA"
     gene_col = "gene" if "gene" in df.columns else df.columns[0]
     leading = list(df.columns[: list(df.columns).index(gene_col)])
     if any(not str(c).startswith("Unnamed:") for c in leading):
