@@ -21,6 +21,7 @@ from bench.config import Profile, RunConfig, get_profile
 from bench.data.cohort import Cohort
 from bench.errors import BenchError
 from bench.regimes import PANCANCER, Regime, RunEnv, RunPlan, regime_for
+from bench.regimes.base import build_entry
 from bench.registry import get_model
 from bench.results import Lease, ResultRow, ResultStore, check_store
 from models.base import ModelContext
@@ -369,7 +370,7 @@ def embed_cohort(model: str, *, cohort_dir: str | Path | None, profile: str, wei
     tag = weights_option(weights)
     path = embedding_cache_path(cohort.root, probe_key(entry.name, prof.name, cohort, seed, tag))
     L.seed_everything(seed, workers=True, verbose=False)
-    encoder = build_model(entry, model_context(cohort, 4, prof.name, weights=weights))
+    encoder = build_entry(entry, model_context(cohort, 4, prof.name, weights=weights))
     counts = {}
     for site in chosen:
         data = prepare_site(cohort, site, "survival", entry.modalities, entry.name)

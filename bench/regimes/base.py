@@ -49,12 +49,17 @@ class RunPlan:
         return model_context(self.cohort, n_outputs, self.profile.name, weights=self.weights)
 
     def build_model(self, n_outputs: int) -> torch.nn.Module:
-        """This run's model; a builder's ValueError (a model that cannot read this cohort) is a
-        bad-input error naming the model."""
-        try:
-            return self.entry.build(self.context(n_outputs), **self.overrides)
-        except (ValueError, FileNotFoundError, KeyError) as err:
-            raise BenchError(f"model {self.entry.name}: {err}") from err
+        """This run's model (:func:`build_entry`)."""
+        return build_entry(self.entry, self.context(n_outputs), self.overrides)
+
+
+def build_entry(entry: ModelEntry, ctx: ModelContext, overrides: dict[str, Any] | None = None) -> torch.nn.Module:
+    """``entry`` built for ``ctx``; a builder's ValueError (a model that cannot read this cohort, a
+    checkpoint that does not fit) is a bad-input error naming the model."""
+    try:
+        return entry.build(ctx, **(overrides or {}))
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        raise BenchError(f"model {entry.name}: {err}") from err
 
 
 @dataclass

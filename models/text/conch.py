@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.checkpoint import load_checkpoint
 from models.text.base import TextEncoder
 from models.text.tokenizer import ByteLevelBPETokenizer
 
@@ -185,10 +186,8 @@ def read_conch_text_state(path: str | Path) -> dict[str, torch.Tensor]:
     wrapper and ``module.`` prefixes (DDP) are removed, as CONCH's ``read_state_dict`` does.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: CONCH checkpoint not found (--text-weights)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else None
+    checkpoint = load_checkpoint(path, "CONCH checkpoint (--text-weights)")
+    state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, Mapping) or not state:
         raise ValueError(f"{path}: not a state dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}

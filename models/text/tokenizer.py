@@ -107,7 +107,7 @@ class ByteLevelBPETokenizer:
         path = Path(path)
         try:
             spec = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ValueError(f"{path}: unreadable tokenizer file ({err})") from err
         try:
             return cls(spec, pad_token=pad_token)
