@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, BenchError
+from models.names import PROFILES as PROFILE_NAMES
 from bench.logs import quiet_libraries
 
 log = logging.getLogger("bench")
@@ -410,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", required=True)
     p = dsub.add_parser("synth", help="generate the synthetic TCGA-like cohort")
     p.add_argument("--out", required=True, type=_output_dir)
-    p.add_argument("--scale", default="tiny", choices=["tiny", "small", "paper"])
+    p.add_argument("--scale", default="tiny", choices=PROFILE_NAMES)
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_data_synth)
@@ -460,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list registered models with parameter counts")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--profile", default="small", choices=["tiny", "small", "paper"],
+    p.add_argument("--profile", default="small", choices=PROFILE_NAMES,
                    help="profile of params_profile (default small)")
     p.add_argument("--cohort", help="cohort sizing params_profile (default: the profile's embedded synthetic cohort)")
     p.set_defaults(func=cmd_models)
@@ -472,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: every task the model supports, one run each")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--cohort", help="cohort directory (default: the embedded synthetic cohort of the profile)")
-    p.add_argument("--profile", default="small", choices=["tiny", "small", "paper"])
+    p.add_argument("--profile", default="small", choices=PROFILE_NAMES)
     _add_store(p)
     p.add_argument("--force", action="store_true", help="rerun even if the result is stored")
     p.add_argument("--weights", help="local checkpoint of a foundation model (Prov-GigaPath, TITAN); default random init")
@@ -483,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="cache a frozen slide encoder's patient embeddings (for the LP rows)")
     p.add_argument("--model", required=True, help="gigapath or titan (or their *_lp names)")
     p.add_argument("--cohort")
-    p.add_argument("--profile", default="small", choices=["tiny", "small", "paper"])
+    p.add_argument("--profile", default="small", choices=PROFILE_NAMES)
     p.add_argument("--weights", help="local checkpoint (default: random initialisation)")
     p.add_argument("--seed", type=_seed, default=0, help="initialisation seed when no weights are given")
     p.add_argument("--sites")
@@ -492,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("grid", help="run the missing runs of a table's grid")
     p.add_argument("table")
-    p.add_argument("--profile", default="small", choices=["tiny", "small", "paper"])
+    p.add_argument("--profile", default="small", choices=PROFILE_NAMES)
     p.add_argument("--cohort")
     p.add_argument("--seeds", type=_seed_list)
     p.add_argument("--sites")
@@ -507,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("table")
     p.add_argument("--format", default="md", choices=["md", "latex", "csv"])
     p.add_argument("--out", type=_output_file)
-    p.add_argument("--profile", choices=["tiny", "small", "paper"], help="default: the profile of the latest run")
+    p.add_argument("--profile", choices=PROFILE_NAMES, help="default: the profile of the latest run")
     _add_store(p)
     p.set_defaults(func=cmd_table)
 
