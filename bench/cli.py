@@ -233,6 +233,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from bench.registry import all_models, params_paper
     from bench.runner import model_context, synthetic_context
     from models.base import count_parameters
+    from models.registry import canonical
 
     prof = get_profile(args.profile)
     if args.cohort:
@@ -248,18 +249,31 @@ def cmd_models(args: argparse.Namespace) -> int:
                         "tasks": list(entry.tasks), "regime": entry.regime, "family": entry.family,
                         "params_paper": counts["all"], "trainable_params_paper": counts["trainable"],
                         "params_profile": count_parameters(entry.build(ctx)), "profile": prof.name,
-                        "description": entry.description})
+                        "base": entry.base, "overrides": canonical(dict(entry.overrides)),
+                        "beyond_paper": entry.beyond_paper, "description": entry.description})
     if args.json:
         _emit({"profile": prof.name, "models": listing})
     else:
         from tabulate import tabulate
 
-        cols = ["name", "label", "modalities", "tasks", "regime", "params_paper", "params_profile"]
+        cols = ["name", "label", "modalities", "tasks", "regime", "params_paper", "params_profile", "variant of"]
         print(f"params_profile: profile {prof.name} on {'cohort ' + args.cohort if args.cohort else 'the embedded synthetic cohort'}")
-        print(tabulate([[(",".join(m[c]) if isinstance(m[c], list) else
-                          (f"{m[c]:,}" if isinstance(m[c], int) else m[c])) for c in cols] for m in listing],
-                       headers=cols))
+        print(tabulate([[_cell(m, c) for c in cols] for m in listing], headers=cols))
     return 0
+
+
+def _cell(model: dict[str, Any], column: str) -> str:
+    """One cell of the ``models`` listing: lists comma-joined, counts with separators, a variant as
+    ``base (key=value, …)`` (``beyond the paper`` marked)."""
+    if column == "variant of":
+        if not model["base"]:
+            return ""
+        overrides = ", ".join(f"{k}={v}" for k, v in model["overrides"].items())
+        return f"{model['base']} ({overrides})" + (" [beyond the paper]" if model["beyond_paper"] else "")
+    value = model[column]
+    if isinstance(value, list):
+        return ",".join(value)
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 # ---------------------------------------------------------------------------------------------- run, grid, table
