@@ -33,7 +33,8 @@ from baselines.abmil import abmil as build_abmil
 from baselines.genemixer import GENE_MIXER_PAPER_CONTEXT, gene_mixer_for
 from baselines.transmil import transmil as build_transmil
 from models.base import BenchModel, ModelContext
-from models.genemixer import PROFILES, GeneMixer
+from models.names import PROFILES
+from models.genemixer import GeneMixer
 from models.registry import register_model
 
 __all__ = [

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, BenchError
+from models.names import PROFILES as PROFILE_NAMES
 from bench.logs import quiet_libraries
 
 log = logging.getLogger("bench")
@@ -232,6 +233,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from bench.registry import all_models, params_paper
     from bench.runner import model_context, synthetic_context
     from models.base import count_parameters
+    from models.registry import canonical
 
     prof = get_profile(args.profile)
     if args.cohort:
@@ -247,18 +249,31 @@ def cmd_models(args: argparse.Namespace) -> int:
                         "tasks": list(entry.tasks), "regime": entry.regime, "family": entry.family,
                         "params_paper": counts["all"], "trainable_params_paper": counts["trainable"],
                         "params_profile": count_parameters(entry.build(ctx)), "profile": prof.name,
-                        "description": entry.description})
+                        "base": entry.base, "overrides": canonical(dict(entry.overrides)),
+                        "beyond_paper": entry.beyond_paper, "description": entry.description})
     if args.json:
         _emit({"profile": prof.name, "models": listing})
     else:
         from tabulate import tabulate
 
-        cols = ["name", "label", "modalities", "tasks", "regime", "params_paper", "params_profile"]
+        cols = ["name", "label", "modalities", "tasks", "regime", "params_paper", "params_profile", "variant of"]
         print(f"params_profile: profile {prof.name} on {'cohort ' + args.cohort if args.cohort else 'the embedded synthetic cohort'}")
-        print(tabulate([[(",".join(m[c]) if isinstance(m[c], list) else
-                          (f"{m[c]:,}" if isinstance(m[c], int) else m[c])) for c in cols] for m in listing],
-                       headers=cols))
+        print(tabulate([[_cell(m, c) for c in cols] for m in listing], headers=cols))
     return 0
+
+
+def _cell(model: dict[str, Any], column: str) -> str:
+    """One cell of the ``models`` listing: lists comma-joined, counts with separators, a variant as
+    ``base (key=value, …)`` (``beyond the paper`` marked)."""
+    if column == "variant of":
+        if not model["base"]:
+            return ""
+        overrides = ", ".join(f"{k}={v}" for k, v in model["overrides"].items())
+        return f"{model['base']} ({overrides})" + (" [beyond the paper]" if model["beyond_paper"] else "")
+    value = model[column]
+    if isinstance(value, list):
+        return ",".join(value)
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 # ---------------------------------------------------------------------------------------------- run, grid, table
@@ -410,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", required=True)
     p = dsub.add_parser("synth", help="generate the synthetic TCGA-like cohort")
     p.add_argument("--out", required=True, type=_output_dir)
-    p.add_argument("--scale", default="tiny", choices=["tiny", "small", "paper"])
+    p.add_argument("--scale", default="tiny", choices=PROFILE_NAMES)
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_data_synth)
@@ -460,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list registered models with parameter counts")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--profile", default="small", choices=["tiny", "small", "paper"],
+    p.add_argument("--profile", default="small", choices=PROFILE_NAMES,
                    help="profile of params_profile (default small)")
     p.add_argument("--cohort", help="cohort sizing params_profile (default: the profile's embedded synthetic cohort)")
     p.set_defaults(func=cmd_models)
@@ -472,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: every task the model supports, one run each")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--cohort", help="cohort directory (default: the embedded synthetic cohort of the profile)")
-    p.add_argument("--profile", default="small", choices=["tiny", "small", "paper"])
+    p.add_argument("--profile", default="small", choices=PROFILE_NAMES)
     _add_store(p)
     p.add_argument("--force", action="store_true", help="rerun even if the result is stored")
     p.add_argument("--weights", help="local checkpoint of a foundation model (Prov-GigaPath, TITAN); default random init")
@@ -483,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="cache a frozen slide encoder's patient embeddings (for the LP rows)")
     p.add_argument("--model", required=True, help="gigapath or titan (or their *_lp names)")
     p.add_argument("--cohort")
-    p.add_argument("--profile", default="small", choices=["tiny", "small", "paper"])
+    p.add_argument("--profile", default="small", choices=PROFILE_NAMES)
     p.add_argument("--weights", help="local checkpoint (default: random initialisation)")
     p.add_argument("--seed", type=_seed, default=0, help="initialisation seed when no weights are given")
     p.add_argument("--sites")
@@ -492,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("grid", help="run the missing runs of a table's grid")
     p.add_argument("table")
-    p.add_argument("--profile", default="small", choices=["tiny", "small", "paper"])
+    p.add_argument("--profile", default="small", choices=PROFILE_NAMES)
     p.add_argument("--cohort")
     p.add_argument("--seeds", type=_seed_list)
     p.add_argument("--sites")
@@ -507,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("table")
     p.add_argument("--format", default="md", choices=["md", "latex", "csv"])
     p.add_argument("--out", type=_output_file)
-    p.add_argument("--profile", choices=["tiny", "small", "paper"], help="default: the profile of the latest run")
+    p.add_argument("--profile", choices=PROFILE_NAMES, help="default: the profile of the latest run")
     _add_store(p)
     p.set_defaults(func=cmd_table)
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PROFILE_NAMES = ("tiny", "small", "paper")
+from models.names import PROFILES as PROFILE_NAMES
+from models.names import ProfileName, RegimeName, Task
+
 # Part of every run id: bump it with any change to a model, a regime or the data pipeline that changes
 # results, so that stored results of the old code are not served as cached results of the new.
 CODE_VERSION = "0.1.0"
@@ -45,8 +47,8 @@ class Profile(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: Literal["tiny", "small", "paper"]
-    scale: Literal["tiny", "small", "paper"] = Field(description="synthetic cohort scale used by default")
+    name: ProfileName
+    scale: ProfileName = Field(description="synthetic cohort scale used by default")
     narrowed: bool = Field(description="True where model widths are narrower than the paper's")
     epochs: int = Field(gt=0)
     batch_size: int = Field(gt=0)
@@ -89,11 +91,11 @@ class RunConfig(BaseModel):
 
     model: str
     site: str
-    task: Literal["subtype", "survival", "multitask"]
+    task: Task
     seed: int = Field(ge=0)
     profile: Profile
     cohort_fingerprint: str
-    regime: Literal["supervised", "text_distill", "linear_probe", "transfer"] = "supervised"
+    regime: RegimeName = RegimeName.SUPERVISED
     resolved_model: dict[str, Any] = Field(default_factory=dict, description="base, overrides, resolved config")
     options: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
     code_version: str = Field(default_factory=lambda: CODE_VERSION,

@@ -45,10 +45,9 @@ import torch
 from torch import nn
 
 from models import tasks
+from models.names import MODALITIES, REGIMES, TASKS
 
-MODALITIES = ("wsi", "rna", "clinical", "text")
-TASKS = ("subtype", "survival", "multitask")
-REGIMES = ("supervised", "text_distill", "linear_probe", "transfer")
+
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PROFILES = ("paper", "small", "tiny")
+from models.names import check_profile
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,7 @@ class GeneMixerConfig:
     def for_profile(cls, profile: str) -> GeneMixerConfig:
         """The paper configuration, or a narrower one for ``small`` (64 wide, 16 tokens) / ``tiny``
         (16 wide, 8 tokens); depth, expansions and dropout are the paper's in every profile."""
-        if profile not in PROFILES:
-            raise ValueError(f"unknown profile {profile!r}; valid: {PROFILES}")
-        if profile == "small":
+        if check_profile(profile) == "small":
             return replace(PAPER_GENE_MIXER, latent_dim=64, out_dim=64, n_tokens=16)
         if profile == "tiny":
             return replace(PAPER_GENE_MIXER, latent_dim=16, out_dim=16, n_tokens=8)

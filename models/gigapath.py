@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.names import check_profile
 from models.checkpoint import load_checkpoint, load_state_strictly
 from models.longnet import LongNetEncoder
 
@@ -116,21 +117,19 @@ class GigaPathConfig:
         ``tiny`` = 1 layer of width 64, 4 heads, segments (64, 128, 256) with ratios (1, 2, 4), so
         that tiny bags are still cut into segments and dilated."""
         paper = cls.paper(feature_dim)
-        if profile == "paper":
+        if check_profile(profile) == "paper":
             return paper
         if profile == "small":
             return replace(paper, depth=2, embed_dim=64, num_heads=4, ffn_dim=256)
-        if profile == "tiny":
-            return replace(
-                paper,
-                depth=1,
-                embed_dim=64,
-                num_heads=4,
-                ffn_dim=128,
-                segment_lengths=(64, 128, 256),
-                dilation_ratios=(1, 2, 4),
-            )
-        raise ValueError(f"unknown profile {profile!r}; expected 'paper', 'small' or 'tiny'")
+        return replace(  # tiny
+            paper,
+            depth=1,
+            embed_dim=64,
+            num_heads=4,
+            ffn_dim=128,
+            segment_lengths=(64, 128, 256),
+            dilation_ratios=(1, 2, 4),
+        )
 
 
 def _sincos_1d(position: torch.Tensor, dim: int) -> torch.Tensor:

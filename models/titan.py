@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.names import check_profile
 from models.checkpoint import check_checkpoint, load_checkpoint, load_state_strictly
 
 __all__ = [
@@ -138,13 +139,11 @@ class TitanConfig:
         ``tiny`` = 1 layer of width 64, 4 heads, 4-head poolers, 8 caption queries.  The input stays
         768-d CONCH v1.5 features in every profile."""
         paper = cls.paper()
-        if profile == "paper":
+        if check_profile(profile) == "paper":
             return paper
         if profile == "small":
             return replace(paper, depth=2, embed_dim=64, num_heads=4, pool_heads=4, pool_queries=16)
-        if profile == "tiny":
-            return replace(paper, depth=1, embed_dim=64, num_heads=4, pool_heads=4, pool_queries=8)
-        raise ValueError(f"unknown profile {profile!r}; expected 'paper', 'small' or 'tiny'")
+        return replace(paper, depth=1, embed_dim=64, num_heads=4, pool_heads=4, pool_queries=8)  # tiny
 
 
 def alibi_slopes(num_heads: int, device: torch.device | str | None = None) -> torch.Tensor:
