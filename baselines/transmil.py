@@ -46,7 +46,6 @@ for a batch of one (the reference trains with batch size 1).
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F

@@ -18,7 +18,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.names import PROFILES as PROFILE_NAMES
 from models.names import ProfileName, RegimeName, Task
 
 # Part of every run id: bump it with any change to a model, a regime or the data pipeline that changes

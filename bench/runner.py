@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.config import Profile, RunConfig, get_profile
+from bench.config import RunConfig, get_profile
 from bench.data.cohort import Cohort
 from bench.errors import BenchError
 from bench.regimes import PANCANCER, Regime, RunEnv, RunPlan, regime_for

@@ -45,7 +45,6 @@ import torch
 from torch import nn
 
 from models import tasks
-from models.names import MODALITIES, REGIMES, TASKS
 
 
 

@@ -22,7 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from models.base import MODALITIES, REGIMES, TASKS, BenchModel, ModelContext
+from models.base import BenchModel, ModelContext
+from models.names import MODALITIES, REGIMES, TASKS
 
 Builder = Callable[..., BenchModel]
 ConfigFn = Callable[..., Mapping[str, Any]]

@@ -16,7 +16,6 @@ Nothing is imputed: a missing or non-numeric value is an error naming the file, 
 
 from __future__ import annotations
 
-import csv
 import re
 from collections import defaultdict
 from collections.abc import Sequence
