@@ -27,7 +27,9 @@ CODE_VERSION = "0.1.0"
 
 class DistillSettings(BaseModel):
     """The ``text_distill`` regime's optimisation (ModalTune, Table 6: AdamW, max lr 1e-4, weight decay
-    5e-4, linear warm-up from lr/20 over 10 epochs then cosine annealing, 30 epochs, batch size 1)."""
+    5e-4, linear warm-up from lr/20 over 10 epochs then cosine annealing, 30 epochs, batch size 1).
+    Which text embeddings a run distils is the model's setting (ModalTune's ``text_encoder``), not the
+    profile's."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -37,8 +39,6 @@ class DistillSettings(BaseModel):
     warmup_epochs: int = Field(ge=0)
     warmup_factor: float = Field(default=20.0, ge=1)
     batch_size: int = Field(gt=0)
-    text_encoder: str = "bow"
-
 
 
 class Profile(BaseModel):

@@ -1,11 +1,18 @@
 """The ``text_distill`` regime (ModalTune and its ablations): one multitask run distilling projected
 text embeddings into the model's task embeddings; the general-task embedding of the best epoch is
 linear-probed for both tasks (:mod:`bench.train.distill`). A pan-cancer model trains on every
-in-domain site of the cohort at once and stores rows per site."""
+in-domain site of the cohort at once and stores rows per site.
+
+The model's configuration decides the text side: which cached text embeddings are read (ModalTune's
+``text_encoder``) and which projector maps them (``projector``, built by
+:func:`models.modaltune.projection.build_text_projector` from the built model's configuration)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import lightning as L
+import torch
 
 from bench.data.dataset import SiteData, prepare_site
 from bench.errors import BenchError
@@ -43,18 +50,21 @@ class TextDistill(Regime):
     def prepare(self, plan: RunPlan) -> dict[str, SiteData]:
         from bench.runner import ensure_text_cache
 
-        text = ensure_text_cache(plan.cohort, plan.profile.distill.text_encoder)
+        text = ensure_text_cache(plan.cohort, text_encoder(plan))
         return {s: prepare_site(plan.cohort, s, "multitask", plan.entry.modalities, plan.entry.name,
                                 plan.profile.max_patches_train, text=text) for s in self.training_sites(plan)}
 
     def fit(self, plan: RunPlan, data: dict[str, SiteData], env: RunEnv) -> Fitted:
         from bench.train.distill import train_distill
-        from models.text.projector import TextProjector
+        from models.modaltune.projection import build_text_projector
 
-        text_dim = next(iter(data.values())).splits["train"].text.shape[-1]
+        text_dim = int(next(iter(data.values())).splits["train"].text.shape[-1])
         L.seed_everything(plan.seed, workers=True, verbose=False)
-        model = plan.build_model(4)
-        projector = TextProjector(in_dim=text_dim, out_dim=model.embed_dim, seed=plan.seed)
+        model = build_for_text(plan, text_dim)
+        try:
+            projector = build_text_projector(model.config, text_dim, model.embed_dim, plan.seed)
+        except ValueError as err:
+            raise BenchError(f"model {plan.entry.name}: {err}") from err
         outcome = train_distill(model, projector, data, plan.profile.distill, run_dir=env.run_dir,
                                 loggers=env.loggers, progress=env.progress)
         return Fitted(model=model, best_epoch=outcome.best_epoch, extra={"metrics": outcome.metrics})
@@ -63,3 +73,25 @@ class TextDistill(Regime):
         metrics = fitted.extra["metrics"]
         return [Evaluation(s, t, {**metrics[s][t], "best_epoch": fitted.best_epoch}, data[s])
                 for s in data for t in ("subtype", "survival")]
+
+
+def text_encoder(plan: RunPlan) -> str:
+    """The text embeddings the run distils: its model's resolved ``text_encoder`` (an override such as
+    ``text_encoder="conch"`` included), else :data:`~models.modaltune.projection.DEFAULT_TEXT_ENCODER`."""
+    from models.modaltune.projection import DEFAULT_TEXT_ENCODER
+
+    try:
+        config = plan.entry.resolve(plan.context(4), plan.overrides).get("config", {})
+    except (ValueError, TypeError) as err:
+        raise BenchError(f"model {plan.entry.name}: {err}") from err
+    return str(config.get("text_encoder", DEFAULT_TEXT_ENCODER))
+
+
+def build_for_text(plan: RunPlan, text_dim: int) -> torch.nn.Module:
+    """The run's model (4 outputs) built for ``text_dim``-wide text embeddings: a model that distils
+    the text unprojected (ModalTune's ``none`` / ``model_side`` projectors) sizes its output from it."""
+    context = replace(plan.context(4), text_dim=text_dim)
+    try:
+        return plan.entry.build(context, **plan.overrides)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        raise BenchError(f"model {plan.entry.name}: {err}") from err

@@ -2,7 +2,8 @@
 linear probes of the general-task embedding.
 
 Training (ModalTune, Sec. 3.3 and its release): every task embedding ``z_t`` ``[B, T, 256]`` and the
-frozen-projected text embedding ``y_t`` of the same task are L2-normalised, and the loss is
+projected text embedding ``y_t`` of the same task (the release's frozen random projector; the model's
+configuration may choose another, :mod:`models.modaltune.projection`) are L2-normalised, and the loss is
 ``10 * T^2 * KL(softmax(y_t / T) || softmax(z_t / T))`` summed over tasks and the 256 features
 (temperature ``T`` = 1), averaged over the patients of the batch (the release trains with batch size
 1). AdamW; the learning rate rises linearly from lr/20 to lr over the warm-up epochs, then follows a

@@ -14,7 +14,11 @@ exposes exactly that, so the adapter model is encoder-agnostic:
 ``run_layer(i, tokens, context) -> tokens``
     encoder layer ``i``;
 ``slide_embedding(tokens, bag) -> [B, D]``
-    the image feature after the last layer.
+    the image feature after the last layer;
+``run_lora_layer(i, tokens, context, lora, gene, task) -> tokens``
+    encoder layer ``i`` with the low-rank q/k/v updates of :mod:`models.modaltune.lora` (the
+    "ModalTune w/ LoRA" ablation): the layer's own frozen weights, its attention recomputed from
+    the updated projections.
 
 :class:`GigaPathBackbone` (Prov-GigaPath, :mod:`models.gigapath`) reads the raw CLS token of the
 last layer, as the release's ``LongNetGeneAdapter`` does with ``global_pool=False`` (no LongNet
@@ -30,9 +34,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.gigapath import GigaPathSlideEncoder
+from models.longnet import DilatedAttention, dilated_attention
+from models.modaltune.lora import LayerLoRA
 from models.titan import AlibiBias, TitanSlideEncoder
 
 __all__ = ["EncodedBag", "GigaPathBackbone", "SlideBackbone", "TitanBackbone"]
@@ -87,6 +94,14 @@ class SlideBackbone(nn.Module, ABC):
         """Encoder layer ``index`` on ``tokens [B, 1 + L, D]``."""
         return self.layers[index](tokens, context)
 
+    @abstractmethod
+    def run_lora_layer(
+        self, index: int, tokens: torch.Tensor, context: Any, lora: LayerLoRA, gene: torch.Tensor,
+        task: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Encoder layer ``index`` with ``lora``'s q/k/v updates; ``gene`` / ``task`` ``[B, 1, D]``
+        are normalised by the layer's pre-attention LayerNorm before they reach ``lora``."""
+
 
 class GigaPathBackbone(SlideBackbone):
     """Prov-GigaPath's LongNet slide encoder; the layers' context is the token mask."""
@@ -111,6 +126,54 @@ class GigaPathBackbone(SlideBackbone):
         weight = bag.patch_mask.to(patches.dtype).unsqueeze(-1)
         return (patches * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
 
+    def run_lora_layer(
+        self, index: int, tokens: torch.Tensor, context: Any, lora: LayerLoRA, gene: torch.Tensor,
+        task: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """A LongNet block (:class:`models.longnet.LongNetEncoderLayer`) whose dilated attention reads
+        the LoRA-updated q/k/v; ``context`` is the token mask."""
+        layer = self.layers[index]
+        norm = layer.self_attn_layer_norm
+        x = norm(tokens)
+        attn = layer.self_attn
+        dq, dk, dv = lora(x, norm(gene), None if task is None else norm(task))
+        q, k, v = attn.q_proj(x) + dq, attn.k_proj(x) + dk, attn.v_proj(x) + dv
+        out = _dilated_attention_from_projections(attn, q, k, v, context)
+        tokens = tokens + layer.drop_path(layer.dropout(out))
+        return tokens + layer.drop_path(layer.ffn(layer.final_layer_norm(tokens)))
+
+
+def _dilated_attention_from_projections(
+    attn: DilatedAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """:meth:`DilatedAttention.forward` from already projected ``q, k, v [B, L, D]`` -> ``[B, L, D]``.
+
+    Same masking rule: a batch of unequal bags is attended per distinct length over its real tokens
+    only (the projections are per token, so projecting before packing changes nothing), padded
+    positions get zeros before ``inner_attn_ln`` and ``out_proj``.
+    """
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        shape = (q.shape[0], q.shape[1], attn.num_heads, attn.head_dim)
+        out = dilated_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape), attn.segment_lengths,
+                                attn.dilation_ratios)
+        return out.reshape(q.shape)
+
+    if mask is None or bool(mask.all()):
+        out = attend(q, k, v)
+    else:
+        keep = mask.bool()
+        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True).unsqueeze(-1).expand_as(q)
+        packed = [t.gather(1, order) for t in (q, k, v)]
+        lengths = keep.sum(dim=1)
+        attended = torch.zeros_like(q)
+        for length in lengths.unique().tolist():
+            if length:
+                rows = (lengths == length).nonzero().squeeze(1)
+                attended[rows, :length] = attend(*(t.index_select(0, rows)[:, :length] for t in packed))
+        out = torch.zeros_like(q).scatter(1, order, attended)
+    return attn.out_proj(attn.inner_attn_ln(out))
+
 
 class TitanBackbone(SlideBackbone):
     """TITAN's vision tower; tokens are occupied grid cells, the context is their 2-D ALiBi bias."""
@@ -131,3 +194,28 @@ class TitanBackbone(SlideBackbone):
     def slide_embedding(self, tokens: torch.Tensor, bag: EncodedBag) -> torch.Tensor:
         """TITAN's slide embedding ``[B, D]``: ``norm``, then the contrastive pooler over real tokens."""
         return self.encoder.pool(self.encoder.final_norm(tokens), bag.token_mask)
+
+    def run_lora_layer(
+        self, index: int, tokens: torch.Tensor, context: Any, lora: LayerLoRA, gene: torch.Tensor,
+        task: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """A TITAN block (:class:`models.titan.TitanBlock`) whose attention reads the LoRA-updated
+        q/k/v (the fused ``qkv`` projection split into its three ``D``-wide parts); ``context`` is
+        the ALiBi bias, attended block by block as :class:`models.titan.TitanAttention` does."""
+        layer = self.layers[index]
+        x = layer.norm1(tokens)
+        attn = layer.attn
+        dq, dk, dv = lora(x, layer.norm1(gene), None if task is None else layer.norm1(task))
+        q, k, v = attn.qkv(x).chunk(3, dim=-1)
+        batch, n_tokens, dim = x.shape
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.unflatten(-1, (attn.num_heads, dim // attn.num_heads)).transpose(1, 2)  # [B, H, T, d]
+
+        q, k, v = heads(q + dq), heads(k + dk), heads(v + dv)
+        bias: AlibiBias = context
+        parts = [F.scaled_dot_product_attention(q[:, :, start:stop], k, v, attn_mask=block)
+                 for start, stop, block in bias.blocks(q.dtype)]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+        tokens = tokens + attn.proj(out.transpose(1, 2).reshape(batch, n_tokens, dim))
+        return tokens + layer.mlp(layer.norm2(tokens))

@@ -36,6 +36,14 @@ trainable, plus the frozen encoder's 86,330,880. TITAN: final layers 594,688 ("c
 768-d features) -> 33,921,178 trainable, frozen 48,539,904. The benchmark contract adds a linear
 ``head`` (``Linear(256, n_outputs)``, 1,028 parameters for 4 outputs) that the release has not.
 
+Parts (:class:`ModalTuneConfig`; Table 8's ablations switch them), trainable counts at the paper
+configuration with the head: ``adapter="lora"`` replaces interaction blocks, prompt
+self-attention and gene positions by 12 x 92,160 LoRA parameters -> 26,412,126;
+``gene_tokens="learned"`` replaces the Gene Mixer by 64 x 768 tokens -> 8,472,900;
+``projector="model_side"`` adds ``Linear(256, 512)`` (and a 512-wide head) -> 33,658,526;
+``projector="none"`` widens ``final_project`` to the 512-d text -> 33,723,806; ``frozen`` and
+``trainable`` projectors are no model parameters (33,525,918, as the release).
+
 Deviation (documented): the frozen encoder always runs in eval mode (no embedding / FFN dropout,
 no stochastic depth inside it), while the release's ``model.train()`` also switches the frozen
 encoder's dropout on.
@@ -44,7 +52,7 @@ encoder's dropout on.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import nn
@@ -58,13 +66,20 @@ from models.modaltune.adapter import (
     interaction_groups,
     validate_interaction_groups,
 )
-from models.modaltune.backbones import SlideBackbone
+from models.modaltune.backbones import EncodedBag, SlideBackbone
+from models.modaltune.gene_tokens import LearnedGeneTokens
+from models.modaltune.lora import LayerLoRA, LowRank
+from models.modaltune.projection import DEFAULT_TEXT_ENCODER, PROJECTORS, check_text_encoder
 from models.text.prompts import TEXT_TASKS
 
-__all__ = ["MODALTUNE_TASKS", "PAPER_CONFIGS", "ModalTune", "ModalTuneConfig"]
+__all__ = ["ADAPTERS", "GENE_TOKENS", "MODALTUNE_TASKS", "PAPER_CONFIGS", "ModalTune", "ModalTuneConfig"]
 
 #: The release's tasks, in its order (task ids 0, 1, 2).
 MODALTUNE_TASKS = ("general", "diagnosis", "survival")
+#: ``ModalTuneConfig.adapter``: the release's Modal Adapter, or LoRA on the frozen encoder (Table 8).
+ADAPTERS = ("modal_adapter", "lora")
+#: ``ModalTuneConfig.gene_tokens``: the Gene Mixer's transcriptomics tokens, or learned ones ("Single Modal").
+GENE_TOKENS = ("transcriptomics", "learned")
 
 #: Adapter heads per profile: 12 in the paper (head width 16 in the 192-d compressed space);
 #: the narrow profiles keep a comparable head width (small: 64-d -> 4 heads, tiny: 16-d -> 2 heads).
@@ -86,6 +101,14 @@ class ModalTuneConfig:
     ``"sum"`` or ``"cat"`` [``token_agg``]; ``output_dim`` [``output_dim``]. ``checkpoint_encoder``
     recomputes each frozen encoder layer in the backward pass instead of storing its activations.
     The release's ``prompt_agg="avg"`` (pathway tokens averaged) is the only aggregation here.
+
+    The parts, each switchable for Table 8's ablations (defaults: the release):
+    ``adapter``: ``"modal_adapter"`` (the interaction blocks above) or ``"lora"`` (low-rank q/k/v
+    updates in every frozen encoder layer, :mod:`models.modaltune.lora`, with ``lora_image_rank``
+    [``img_lora_dim`` 4], ``lora_multimodal_rank`` [``mm_lora_dim`` 8], ``lora_alpha`` [32],
+    ``lora_dropout`` [0]); ``gene_tokens``: ``"transcriptomics"`` (the Gene Mixer) or ``"learned"``
+    (as many trainable tokens, RNA ignored: "Single Modal"); ``projector`` and ``text_encoder``:
+    the text side of the distillation (:mod:`models.modaltune.projection`).
     """
 
     tasks: tuple[str, ...] = MODALTUNE_TASKS
@@ -101,8 +124,20 @@ class ModalTuneConfig:
     token_agg: str = "sum"
     output_dim: int = 256
     checkpoint_encoder: bool = False
+    adapter: str = "modal_adapter"
+    gene_tokens: str = "transcriptomics"
+    projector: str = "frozen"
+    text_encoder: str = DEFAULT_TEXT_ENCODER
+    lora_image_rank: int = 4
+    lora_multimodal_rank: int = 8
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        # Overrides may arrive as JSON lists: keep the sequences hashable and comparable.
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        if self.interaction_indexes is not None:
+            object.__setattr__(self, "interaction_indexes", tuple(tuple(g) for g in self.interaction_indexes))
         unknown = [t for t in self.tasks if t not in TEXT_TASKS]
         if unknown or not self.tasks or len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"tasks must be distinct names from {TEXT_TASKS}, got {self.tasks}")
@@ -112,19 +147,43 @@ class ModalTuneConfig:
             raise ValueError(f"token_agg must be 'sum' or 'cat', got {self.token_agg!r}")
         if self.n_blocks < 1 or self.extra_extractors < 0 or self.output_dim < 1:
             raise ValueError("n_blocks and output_dim must be positive, extra_extractors non-negative")
+        self._check_parts()
+
+    def _check_parts(self) -> None:
+        """The switchable parts name known choices; LoRA's ranks, alpha and dropout are in range."""
+        for name, choices in (("adapter", ADAPTERS), ("gene_tokens", GENE_TOKENS), ("projector", PROJECTORS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        check_text_encoder(self.text_encoder)
+        if self.lora_image_rank < 1 or self.lora_multimodal_rank < 1 or self.lora_alpha <= 0:
+            raise ValueError("lora_image_rank, lora_multimodal_rank and lora_alpha must be positive")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must lie in [0, 1), got {self.lora_dropout}")
 
     @classmethod
-    def for_encoder(cls, encoder: str, profile: str, **overrides: object) -> ModalTuneConfig:
+    def for_encoder(cls, encoder: str, profile: str, text_dim: int = 512, **overrides: object) -> ModalTuneConfig:
         """The release configuration for ``encoder`` (``gigapath`` or ``titan``) at ``profile``.
 
         ``paper`` uses the release's interaction indexes; ``small`` / ``tiny`` split the profile's
         shallow encoder with :func:`interaction_groups` (GigaPath small: 2 layers -> 2 blocks of one
         layer; tiny: 1 layer -> 1 block) and use fewer adapter heads (:data:`_PROFILE_HEADS`).
+        ``overrides`` replace fields (an unknown name is a ValueError listing the valid ones). With
+        ``projector="none"`` the output width is the text width ``text_dim``; an ``output_dim``
+        that says otherwise is refused.
         """
         if encoder not in PAPER_CONFIGS:
             raise ValueError(f"unknown encoder {encoder!r}; expected one of {sorted(PAPER_CONFIGS)}")
         if profile not in _PROFILE_HEADS:
             raise ValueError(f"unknown profile {profile!r}; expected one of {sorted(_PROFILE_HEADS)}")
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(overrides) - set(valid))
+        if unknown:
+            raise ValueError(f"ModalTune has no setting(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        overrides = dict(overrides)
+        if overrides.get("projector") == "none":
+            if overrides.setdefault("output_dim", text_dim) != text_dim:
+                raise ValueError(f"projector 'none' distils the text unprojected, so the output width is the "
+                                 f"text width {text_dim}; drop output_dim={overrides['output_dim']}")
         config = PAPER_CONFIGS[encoder]
         if profile != "paper":
             config = replace(config, interaction_indexes=None, num_heads=_PROFILE_HEADS[profile])
@@ -166,25 +225,35 @@ class ModalTune(BenchModel):
     """ModalTune over a frozen :class:`~models.modaltune.backbones.SlideBackbone` (module docstring).
 
     ``gene_encoder`` maps ``rna [B, G]`` to tokens ``[B, n_tokens, D]`` (``forward_tokens``,
-    ``n_tokens``, ``embed_dim == D``): the Gene Mixer in the paper.
+    ``n_tokens``, ``embed_dim == D``): the Gene Mixer in the paper, or
+    :class:`~models.modaltune.gene_tokens.LearnedGeneTokens` (``gene_tokens="learned"``).
 
-    ``forward_tasks(batch, tasks=None) -> [B, n, output_dim]``: one embedding per task (all
+    ``forward_tasks(batch, tasks=None) -> [B, n, embed_dim]``: one embedding per task (all
     configured tasks, or the given task indexes, in order). ``forward_features(batch) -> [B,
-    output_dim]``: the ``general`` task's embedding (what the linear probes read). ``head``:
-    ``Linear(output_dim, n_outputs)`` for the supervised contract. Reads ``features [B, N, F]``,
-    ``coords [B, N, 2]``, ``mask [B, N]`` (optional) and ``rna [B, G]``; every bag needs at least
-    one real patch (patients without RNA are excluded upstream).
+    embed_dim]``: the ``general`` task's embedding (what the linear probes read). ``head``:
+    ``Linear(embed_dim, n_outputs)`` for the supervised contract. ``embed_dim`` is ``output_dim``,
+    or ``text_dim`` with the ``model_side`` projector (the trained ``text_project: Linear(output_dim,
+    text_dim)`` ends the model). Reads ``features [B, N, F]``, ``coords [B, N, 2]``, ``mask [B, N]``
+    (optional) and ``rna [B, G]``; every bag needs at least one real patch (patients without RNA are
+    excluded upstream).
+
+    With ``adapter="lora"`` the interaction blocks, prompt self-attention and adapter-token
+    positions are not built: every encoder layer runs with a :class:`~models.modaltune.lora.LayerLoRA`
+    (``lora``) fed the task prompt and the mean gene token; the output fusion is unchanged.
     """
 
     modalities = ("wsi", "rna")
 
     def __init__(
-        self, backbone: SlideBackbone, gene_encoder: nn.Module, config: ModalTuneConfig, n_outputs: int
+        self, backbone: SlideBackbone, gene_encoder: nn.Module, config: ModalTuneConfig, n_outputs: int,
+        text_dim: int | None = None,
     ) -> None:
         super().__init__()
         dim = backbone.embed_dim
         if int(gene_encoder.embed_dim) != dim:
             raise ValueError(f"gene encoder width {gene_encoder.embed_dim} != slide encoder width {dim}")
+        if config.projector == "model_side" and text_dim is None:
+            raise ValueError("the model_side projector ends the model in the text width: give text_dim")
         groups = config.interaction_indexes or interaction_groups(backbone.depth, config.n_blocks)
         self.groups = validate_interaction_groups(groups, backbone.depth)
         self.config = config
@@ -192,12 +261,34 @@ class ModalTune(BenchModel):
         self.n_tasks = len(config.tasks)
         self.general_index = config.tasks.index("general")
         self.checkpoint_encoder = config.checkpoint_encoder
-        self.embed_dim = config.output_dim
+        self.embed_dim = int(text_dim) if config.projector == "model_side" else config.output_dim
 
         self.backbone = backbone
         self.backbone.requires_grad_(False)
         self.backbone.encoder.eval()
         self.gene_encoder = gene_encoder
+        multi = self.n_tasks > 1
+        self.n_prompts = int(multi)
+        if config.adapter == "lora":
+            self.interactions, self.prompt_attention, self.gene_pe = None, None, None
+            self.lora = nn.ModuleList(
+                LayerLoRA(dim, config.lora_image_rank, config.lora_multimodal_rank, config.lora_alpha,
+                          config.lora_dropout, with_task=multi)
+                for _ in range(backbone.depth)
+            )
+        else:
+            self._build_modal_adapter(dim, config, int(gene_encoder.n_tokens))
+            self.lora = None
+        self.task_weight = nn.Sequential(nn.Linear(self.n_tasks, dim), nn.LayerNorm(dim)) if multi else None
+        width = dim * (2 + self.n_prompts) if config.token_agg == "cat" else dim
+        self.final_norm = nn.LayerNorm(width)
+        self.final_project = nn.Linear(width, config.output_dim)
+        self.text_project = nn.Linear(config.output_dim, self.embed_dim) if config.projector == "model_side" else None
+        self.head = nn.Linear(self.embed_dim, n_outputs)
+        self.reset_parameters()
+
+    def _build_modal_adapter(self, dim: int, config: ModalTuneConfig, n_gene_tokens: int) -> None:
+        """The release's Modal Adapter: interaction blocks, prompt self-attention, adapter-token positions."""
         n_blocks = len(self.groups)
         self.interactions = nn.ModuleList(
             InteractionBlock(
@@ -218,29 +309,29 @@ class ModalTune(BenchModel):
             if config.prompt_self_attention
             else None
         )
-        multi = self.n_tasks > 1
-        self.n_prompts = int(multi)
-        self.gene_pe = nn.Parameter(torch.zeros(self.n_prompts + int(gene_encoder.n_tokens), dim))
-        self.task_weight = nn.Sequential(nn.Linear(self.n_tasks, dim), nn.LayerNorm(dim)) if multi else None
-        width = dim * (2 + self.n_prompts) if config.token_agg == "cat" else dim
-        self.final_norm = nn.LayerNorm(width)
-        self.final_project = nn.Linear(width, config.output_dim)
-        self.head = nn.Linear(config.output_dim, n_outputs)
-        self.reset_parameters()
+        self.gene_pe = nn.Parameter(torch.zeros(self.n_prompts + n_gene_tokens, dim))
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Initialise every trainable part as the release (the frozen encoder and ``head`` untouched):
         interaction blocks and prompt attention by their own ``reset_parameters``; Gene Mixer, task
-        prompts and final layers by :func:`_release_init`; ``gene_pe ~ trunc_normal(std 0.02)``."""
-        for block in self.interactions:
+        prompts and final layers (and the ``model_side`` projection) by :func:`_release_init`;
+        ``gene_pe ~ trunc_normal(std 0.02)``; learned gene tokens and LoRA by their own
+        ``reset_parameters`` (tokens ``trunc_normal(std 0.02)``; LoRA ``A`` Kaiming, ``B`` zero)."""
+        for block in self.interactions or ():
             block.reset_parameters()
         for layer in self.prompt_attention or ():
             layer.reset_parameters()
-        for module in (self.gene_encoder, self.task_weight, self.final_norm, self.final_project):
-            if module is not None:
+        for module in (self.gene_encoder, self.task_weight, self.final_norm, self.final_project, self.text_project):
+            if isinstance(module, LearnedGeneTokens):
+                module.reset_parameters()
+            elif module is not None:
                 _release_init(module)
-        nn.init.trunc_normal_(self.gene_pe, std=0.02)
+        if self.gene_pe is not None:
+            nn.init.trunc_normal_(self.gene_pe, std=0.02)
+        for sub in self.lora.modules() if self.lora is not None else ():
+            if isinstance(sub, LowRank):
+                sub.reset_parameters()
 
     @property
     def text_rows(self) -> tuple[int, ...]:
@@ -260,12 +351,14 @@ class ModalTune(BenchModel):
             "gene_encoder": self.gene_encoder,
             "interactions": self.interactions,
             "prompt_attention": self.prompt_attention,
+            "lora": self.lora,
             "task_weight": self.task_weight,
             "final": nn.ModuleList([self.final_norm, self.final_project]),
+            "text_project": self.text_project,
             "head": self.head,
         }
         counts = {name: count_parameters(module) if module is not None else 0 for name, module in parts.items()}
-        counts["gene_pe"] = self.gene_pe.numel()
+        counts["gene_pe"] = self.gene_pe.numel() if self.gene_pe is not None else 0
         return counts
 
     def _task_ids(self, tasks: Sequence[int] | None) -> list[int]:
@@ -293,6 +386,14 @@ class ModalTune(BenchModel):
             return checkpoint(self.backbone.run_layer, index, tokens, context, use_reentrant=False)
         return self.backbone.run_layer(index, tokens, context)
 
+    def _run_lora_layer(
+        self, index: int, tokens: torch.Tensor, context: object, gene: torch.Tensor, task: torch.Tensor | None
+    ) -> torch.Tensor:
+        run = self.backbone.run_lora_layer
+        if self.checkpoint_encoder and torch.is_grad_enabled():
+            return checkpoint(run, index, tokens, context, self.lora[index], gene, task, use_reentrant=False)
+        return run(index, tokens, context, self.lora[index], gene, task)
+
     def _fuse(self, image: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Image feature, task token and mean pathway token -> summed ``[B, D]`` or concatenated ``[B, kD]``."""
         parts = [image, *([c[:, 0]] if self.n_prompts else []), c[:, self.n_prompts :].mean(dim=1)]
@@ -300,20 +401,8 @@ class ModalTune(BenchModel):
             return torch.cat(parts, dim=-1)
         return torch.stack(parts).sum(dim=0)
 
-    def forward_tasks(self, batch: dict[str, torch.Tensor], tasks: Sequence[int] | None = None) -> torch.Tensor:
-        """Per-task embeddings ``[B, n, output_dim]`` for the task indexes ``tasks`` (default: all)."""
-        features, coords = batch["features"], batch["coords"]
-        mask = batch.get("mask")
-        if mask is not None:
-            mask = bag_mask(batch)
-            if not bool(mask.any(dim=1).all()):
-                raise ValueError("ModalTune needs at least one real patch in every bag")
-        task_ids = self._task_ids(tasks)
-        n = len(task_ids)
-        c = self.adapter_tokens(batch["rna"], task_ids)
-        bag = self.backbone.embed(features, coords, mask)
-        if n > 1:
-            bag = self.backbone.repeat(bag, n)
+    def _encode_modal_adapter(self, bag: EncodedBag, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen encoder interleaved with the interaction blocks -> (image ``[B, D]``, adapter tokens)."""
         tokens = bag.tokens
         for index in range(self.groups[0][0]):
             tokens = self._run_layer(index, tokens, bag.context)
@@ -326,10 +415,41 @@ class ModalTune(BenchModel):
             for index in range(first, last + 1):
                 tokens = self._run_layer(index, tokens, bag.context)
             c = block.extract(c, tokens[:, 1:], pos, bag.patch_mask)
-        image = self.backbone.slide_embedding(tokens, bag)
+        return self.backbone.slide_embedding(tokens, bag), c
+
+    def _encode_lora(self, bag: EncodedBag, c: torch.Tensor) -> torch.Tensor:
+        """Every encoder layer with its LoRA updates, fed the task prompt and the mean gene token ->
+        the image feature ``[B, D]`` (the adapter tokens themselves are not updated)."""
+        gene = c[:, self.n_prompts :].mean(dim=1, keepdim=True)
+        task = c[:, :1] if self.n_prompts else None
+        tokens = bag.tokens
+        for index in range(self.backbone.depth):
+            tokens = self._run_lora_layer(index, tokens, bag.context, gene, task)
+        return self.backbone.slide_embedding(tokens, bag)
+
+    def forward_tasks(self, batch: dict[str, torch.Tensor], tasks: Sequence[int] | None = None) -> torch.Tensor:
+        """Per-task embeddings ``[B, n, embed_dim]`` for the task indexes ``tasks`` (default: all)."""
+        features, coords = batch["features"], batch["coords"]
+        mask = batch.get("mask")
+        if mask is not None:
+            mask = bag_mask(batch)
+            if not bool(mask.any(dim=1).all()):
+                raise ValueError("ModalTune needs at least one real patch in every bag")
+        task_ids = self._task_ids(tasks)
+        n = len(task_ids)
+        c = self.adapter_tokens(batch["rna"], task_ids)
+        bag = self.backbone.embed(features, coords, mask)
+        if n > 1:
+            bag = self.backbone.repeat(bag, n)
+        if self.lora is not None:
+            image = self._encode_lora(bag, c)
+        else:
+            image, c = self._encode_modal_adapter(bag, c)
         out = self.final_project(self.final_norm(self._fuse(image, c)))
+        if self.text_project is not None:
+            out = self.text_project(out)
         return out.view(features.shape[0], n, -1)
 
     def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The ``general`` task's embedding ``[B, output_dim]`` (the linear probes' features)."""
+        """The ``general`` task's embedding ``[B, embed_dim]`` (the linear probes' features)."""
         return self.forward_tasks(batch, (self.general_index,))[:, 0]
