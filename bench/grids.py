@@ -65,6 +65,16 @@ TABLE9 = GridSpec(
     sites=IN_DOMAIN_SITES,
 )
 
+TABLE8 = GridSpec(
+    name="table8",
+    title="Table 8: ModalTune ablations — subtype (balanced accuracy) and survival (C-index)",
+    rows=(("modaltune_single_modal", "Single Modal"), ("modaltune_single_task", "Single Task Prompt"),
+          ("modaltune_lora", "ModalTune w/ LoRA"), ("modaltune_no_projector", "No Projector"),
+          ("modaltune_trainable_projector", "Trainable Projector"),
+          ("modaltune_model_side_projector", "Model-side Projector"), ("modaltune", "ModalTune")),
+    sites=IN_DOMAIN_SITES,
+)
+
 TABLE3 = GridSpec(
     name="table3",
     title="Table 3: out-of-distribution sites — subtype (balanced accuracy) and survival (C-index)",
@@ -75,7 +85,7 @@ TABLE3 = GridSpec(
     overall=False,
 )
 
-GRIDS: dict[str, GridSpec] = {g.name: g for g in (TABLE2, TABLE3, TABLE9)}
+GRIDS: dict[str, GridSpec] = {g.name: g for g in (TABLE2, TABLE3, TABLE8, TABLE9)}
 
 
 def get_grid(name: str) -> GridSpec:
