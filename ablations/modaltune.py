@@ -4,13 +4,18 @@
 | variant | label (paper) | overrides |
 |---|---|---|
 | ``modaltune_single_modal`` | Single Modal | transcriptomics tokens replaced by as many learned embeddings |
+| ``modaltune_no_text`` | No Text Embedding | supervised, one run per task: head on the general embedding, no text |
 | ``modaltune_single_task`` | Single Task Prompt | only the general prompt and its text embedding |
 | ``modaltune_lora`` | ModalTune w/ LoRA | LoRA on the frozen encoder instead of the Modal Adapters |
 | ``modaltune_no_projector`` | No Projector | output width = text width, text used unprojected |
 | ``modaltune_trainable_projector`` | Trainable Projector | the text projector trained with the model |
 | ``modaltune_model_side_projector`` | Model-side Projector | a trained projection at the end of the model |
 
-The parts each override switches are :class:`models.modaltune.ModalTuneConfig` fields.
+The parts each override switches are :class:`models.modaltune.ModalTuneConfig` fields. "No Text
+Embedding" (Supplement Sec. 11.2: "we train the Modal Adapter in a single-task manner, without embedding
+the tasks using text") also changes how it is trained: the ``supervised`` regime, one run per task (subtype,
+survival), with a linear head on ModalTune's general-prompt embedding (its ``forward_features``) and
+evaluated like the supervised rows; with one task prompt, no text is read and no projector is built.
 """
 
 from __future__ import annotations
@@ -34,3 +39,7 @@ ABLATIONS = (
 
 for _name, _label, _overrides, _description in ABLATIONS:
     register_variant(_name, "modaltune", label=_label, overrides=_overrides, description=_description)
+
+register_variant("modaltune_no_text", "modaltune", label="No Text Embedding", overrides={"tasks": ("general",)},
+                 description="the Modal Adapter model trained on one task at a time with a supervised head, no text",
+                 regime="supervised", tasks=("subtype", "survival"))

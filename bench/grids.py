@@ -68,8 +68,10 @@ TABLE9 = GridSpec(
 TABLE8 = GridSpec(
     name="table8",
     title="Table 8: ModalTune ablations — subtype (balanced accuracy) and survival (C-index)",
-    rows=(("modaltune_single_modal", "Single Modal"), ("modaltune_single_task", "Single Task Prompt"),
-          ("modaltune_lora", "ModalTune w/ LoRA"), ("modaltune_no_projector", "No Projector"),
+    rows=(("modaltune_single_modal", "Single Modal"), ("modaltune_no_text", "No Text Embedding"),
+          ("modaltune_single_task", "Single Task Prompt"), ("abmil_cat_text", "ABMIL (cat) w/ text emb."),
+          ("modaltune_lora", "ModalTune w/ LoRA"), ("modaltune_medllama", "ModalTune w/ MedLlama v3.1"),
+          ("modaltune_no_projector", "No Projector"),
           ("modaltune_trainable_projector", "Trainable Projector"),
           ("modaltune_model_side_projector", "Model-side Projector"), ("modaltune", "ModalTune")),
     sites=IN_DOMAIN_SITES,
