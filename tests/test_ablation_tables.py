@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import torch
 
+from pathlib import Path
+
 from bench.grids import get_grid, grid_cells
 from bench.registry import create_model, get_model, params_paper
+from bench.reporting import render_table
+from bench.results import ResultRow, ResultStore
 from bench.runner import synthetic_context
-from models.paper.reference import paper_reference
+from models.paper.reference import paper_reference, published_deltas
+
+SITES = ("BRCA", "GBMLGG", "NSCLC", "RCC")
 
 
 def test_no_text_embedding_is_modaltune_trained_supervised_per_task() -> None:
@@ -38,3 +44,51 @@ def test_table8_rows_follow_the_paper_and_no_text_runs_once_per_task() -> None:
     cells = grid_cells(grid, models=["modaltune_no_text", "modaltune"], sites=["RCC"], seeds=[0])
     assert {(c.model, c.task) for c in cells} == {("modaltune_no_text", "subtype"),
                                                    ("modaltune_no_text", "survival"), ("modaltune", "multitask")}
+
+
+def _row(model: str, site: str, task: str, value: float, seed: int = 0) -> ResultRow:
+    metric = "test_balanced_accuracy" if task == "subtype" else "test_c_index"
+    return ResultRow(run_id=f"{model}{site}{task}{seed}", task=task, model=model, site=site, seed=seed,
+                     profile="tiny", cohort="c", cohort_fingerprint="f", regime="x", metrics={metric: value},
+                     config={}, n_train=1, n_val=1, n_test=1, n_excluded=0, seconds=1.0)
+
+
+def _line(text: str, label: str, after: str) -> str:
+    """The Markdown table line of ``label`` after the heading ``after``."""
+    tail = text[text.index(after):]
+    return next(line for line in tail.splitlines() if line.startswith("|") and line.split("|")[1].strip() == label)
+
+
+def test_paper_changes_are_read_with_their_reference() -> None:
+    deltas = published_deltas("table8")
+    assert deltas["ModalTune w/ LoRA"] == ("ModalTune", {"subtype": -0.015, "survival": -0.008})
+    assert deltas["Single Modal"] == ("Prov-Gigapath (Tuned)", {"subtype": 0.009, "survival": 0.034})
+    assert deltas["ABMIL (cat) w/ text emb."] == ("ABMIL (cat)", {"subtype": -0.016})
+    assert "Trainable Projector" not in deltas and published_deltas("table2") == {}
+
+
+def test_table8_renders_ours_and_the_papers_relative_change(tmp_path: Path) -> None:
+    values = {"modaltune": (0.80, 0.70), "modaltune_lora": (0.76, 0.70), "modaltune_trainable_projector": (0.40, 0.63),
+              "gigapath_tuned": (0.50, 0.50), "modaltune_single_modal": (0.55, 0.60)}
+    rows = [_row(m, site, task, v) for m, pair in values.items() for site in SITES
+            for task, v in zip(("subtype", "survival"), pair)]
+    rows.append(_row("modaltune_no_projector", "RCC", "subtype", 0.9))  # one site only: no Overall, no change
+    store = tmp_path / "s.sqlite"
+    with ResultStore(store) as results:
+        results.write(rows)
+    md = render_table("table8", store=store, profile="tiny")
+    after = "### Change vs the reference row"
+    assert [c.strip() for c in _line(md, "ModalTune w/ LoRA", after).split("|")[2:5]] == [
+        "ModalTune", "-5.0 % / -1.5 %", "+0.0 % / -0.8 %"]
+    assert "+10.0 % / +0.9 %" in _line(md, "Single Modal", after)  # vs Prov-Gigapath (Tuned), as the paper
+    assert "Prov-Gigapath (Tuned)" in _line(md, "Single Modal", after)
+    trainable = _line(md, "Trainable Projector", after)
+    assert "-50.0 % / not published" in trainable and "-10.0 % / not published" in trainable
+    assert "— / -0.7 %" in _line(md, "No Projector", after)
+    abmil_text = _line(md, "ABMIL (cat) w/ text emb.", after)
+    assert "ABMIL (cat)" in abmil_text and "— / -1.6 %" in abmil_text and "— / not published" in abmil_text
+    assert "0.954 / 0.912 - 1" in md, "the note says the paper's percentages are relative"
+    assert "not yet implemented here (—): ABMIL (cat) w/ text emb., ModalTune w/ MedLlama v3.1" in md
+    assert "0.800 / 0.954" in _line(md, "ModalTune", "### Cancer subtype")
+    csv_text = render_table("table8", store=store, profile="tiny", fmt="csv")
+    assert "subtype,modaltune_lora,ModalTune w/ LoRA,delta_vs_modaltune,-0.050000,,,-0.015," in csv_text
