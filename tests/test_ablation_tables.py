@@ -92,3 +92,37 @@ def test_table8_renders_ours_and_the_papers_relative_change(tmp_path: Path) -> N
     assert "0.800 / 0.954" in _line(md, "ModalTune", "### Cancer subtype")
     csv_text = render_table("table8", store=store, profile="tiny", fmt="csv")
     assert "subtype,modaltune_lora,ModalTune w/ LoRA,delta_vs_modaltune,-0.050000,,,-0.015," in csv_text
+
+
+def test_titan_transfer_rows_are_registered_like_gigapaths_and_report_params() -> None:
+    for name, task in (("titan_cat_cls", "subtype"), ("titan_cat_surv", "survival")):
+        entry, gigapath = get_model(name), get_model(name.replace("titan", "gigapath"))
+        assert (entry.regime, entry.source_task, entry.tasks) == ("transfer", task, ("multitask",))
+        assert entry.modalities == gigapath.modalities
+        assert params_paper(entry) == params_paper(get_model("titan_cat")), "TITAN (cat), tuned on one BRCA task"
+
+
+def test_table11_deploys_titan_rows_by_the_table3_rule() -> None:
+    grid = get_grid("table11")
+    assert [label for _, label in grid.rows] == paper_reference()["table11_titan_ood_known"]["rows"]
+    cells = {(c.model, c.site, c.task) for c in grid_cells(grid, seeds=[0])}
+    assert cells == {("titan_lp", s, t) for s in ("COADREAD", "BLCA") for t in ("subtype", "survival")} | {
+        ("titan_cat", s, t) for s in ("COADREAD", "BLCA") for t in ("subtype", "survival")} | {
+        ("titan_cat_cls", "BRCA", "multitask"), ("titan_cat_surv", "BRCA", "multitask"),
+        ("modaltune_titan", "BRCA", "multitask")}
+    table9 = grid_cells(get_grid("table9"), models=["modaltune_titan"], sites=["BRCA"], seeds=[0])
+    assert table9 == grid_cells(grid, models=["modaltune_titan"], seeds=[0]), "one run for Tables 9 and 11"
+
+
+def test_a_tiny_table11_transfer_cell_runs_and_stores_the_ood_sites(tiny_cohort: Path, tmp_path: Path) -> None:
+    from bench.grids import run_grid
+
+    store = tmp_path / "t11.sqlite"
+    summary = run_grid(get_grid("table11"), profile="tiny", cohort_dir=tiny_cohort, store=store,
+                       models=["titan_cat_surv"], seeds=[0], jobs=1, wandb="disabled", progress=False)
+    assert (summary["runs"], summary["ran"], summary["failed"]) == (1, 1, [])
+    with ResultStore(store) as results:
+        stored = {(r.model, r.site, r.task) for r in results.rows(profile="tiny")}
+    assert stored == {("titan_cat_surv", s, t) for s in ("COADREAD", "BLCA") for t in ("subtype", "survival")}
+    md = render_table("table11", store=store, profile="tiny")
+    assert "| TITAN Surv. (cat)" in md and "Overall" not in md
