@@ -41,6 +41,9 @@ class GridSpec:
     tasks: tuple[str, ...] = ("subtype", "survival")
     seeds: tuple[int, ...] = (0, 1, 2)
     overall: bool = True
+    #: Linear probes run once (a frozen encoder's probes do not depend on the seed), unless the seed
+    #: draws part of what is probed (Table 7's random projector: mean ± std over the seeds, as the paper).
+    probe_every_seed: bool = False
 
 
 TABLE2 = GridSpec(
@@ -87,6 +90,14 @@ TABLE3 = GridSpec(
     overall=False,
 )
 
+TABLE7 = GridSpec(
+    name="table7",
+    title="Table 7: linear probes of the general text embedding, as it is and after the random projection",
+    rows=(("text_probe", "Text Embedding"), ("text_probe_projected", "Text Embedding after random projection")),
+    sites=IN_DOMAIN_SITES,
+    probe_every_seed=True,
+)
+
 TABLE11 = GridSpec(
     name="table11",
     title="Table 11: TITAN out of distribution — subtype (balanced accuracy) and survival (C-index)",
@@ -96,7 +107,7 @@ TABLE11 = GridSpec(
     overall=False,
 )
 
-GRIDS: dict[str, GridSpec] = {g.name: g for g in (TABLE2, TABLE3, TABLE8, TABLE9, TABLE11)}
+GRIDS: dict[str, GridSpec] = {g.name: g for g in (TABLE2, TABLE3, TABLE7, TABLE8, TABLE9, TABLE11)}
 
 
 def get_grid(name: str) -> GridSpec:
@@ -130,7 +141,8 @@ def grid_cells(grid: GridSpec, *, models: list[str] | None = None, sites: list[s
     cells = []
     for name in names:
         entry = registry[name]
-        run_seeds = (0,) if entry.regime == "linear_probe" else tuple(seeds if seeds is not None else grid.seeds)
+        one_run = entry.regime == "linear_probe" and not grid.probe_every_seed
+        run_seeds = (0,) if one_run else tuple(seeds if seeds is not None else grid.seeds)
         tasks = ("multitask",) if entry.tasks == ("multitask",) else tuple(t for t in grid.tasks if t in entry.tasks)
         for site in dict.fromkeys(source_site(entry, target) for target in (sites or grid.sites)):
             for task in tasks:

@@ -126,3 +126,36 @@ def test_a_tiny_table11_transfer_cell_runs_and_stores_the_ood_sites(tiny_cohort:
     assert stored == {("titan_cat_surv", s, t) for s in ("COADREAD", "BLCA") for t in ("subtype", "survival")}
     md = render_table("table11", store=store, profile="tiny")
     assert "| TITAN Surv. (cat)" in md and "Overall" not in md
+
+
+def test_text_probes_embed_the_general_text_row_as_is_and_projected() -> None:
+    ctx = synthetic_context("tiny", 4, "tiny")
+    text = torch.nn.functional.normalize(torch.randn(3, 4, ctx.text_dim), dim=-1)
+    plain = create_model("text_probe", ctx)
+    assert torch.equal(plain.forward_features({"text": text}), text[:, 0]), "the general prompt's embedding"
+    torch.manual_seed(0)
+    projected = create_model("text_probe_projected", ctx)
+    torch.manual_seed(0)
+    again, other = create_model("text_probe_projected", ctx), create_model("text_probe_projected", ctx)
+    z = projected.forward_features({"text": text})
+    assert z.shape == (3, 256) and torch.equal(z, again.forward_features({"text": text})), "seeded by the run"
+    assert not torch.allclose(z, other.forward_features({"text": text})), "another seed, another projector"
+    assert params_paper(get_model("text_probe")) == {"all": 512 * 4 + 4, "trainable": 0}
+    assert params_paper(get_model("text_probe_projected"))["trainable"] == 0
+
+
+def test_table7_probes_every_seed_and_a_tiny_cell_runs(rcc_cohort: Path, tmp_path: Path) -> None:
+    from bench.grids import run_grid
+
+    grid = get_grid("table7")
+    cells = grid_cells(grid, models=["text_probe_projected"], sites=["RCC"], seeds=[0, 1])
+    assert [(c.task, c.seed) for c in cells] == [("subtype", 0), ("subtype", 1), ("survival", 0), ("survival", 1)]
+    assert [c.seed for c in grid_cells(get_grid("table2"), models=["gigapath_lp"], sites=["RCC"])] == [0, 0]
+    store = tmp_path / "t7.sqlite"
+    summary = run_grid(grid, profile="tiny", cohort_dir=rcc_cohort, store=store, models=["text_probe"], seeds=[0],
+                       jobs=1, wandb="disabled", progress=False)
+    assert (summary["ran"], summary["failed"]) == (2, [])
+    with ResultStore(store) as results:
+        metrics = {r.task: r.metrics for r in results.rows(profile="tiny")}
+    assert metrics["survival"]["test_c_index"] > 0.75, "the general text states the survival bin and event"
+    assert metrics["subtype"]["test_auc"] > 0.9, "the general text states the subtype"
