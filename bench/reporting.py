@@ -9,6 +9,7 @@ from bench.errors import BenchError
 from bench.grids import get_grid
 from bench.registry import all_models
 from bench.results import ResultStore, store_path
+from bench.train.collapse import COLLAPSE_RULE
 from reports.tables import TableRow, render
 
 
@@ -42,5 +43,46 @@ def render_table(table: str, *, store: str | Path | None = None, profile: str | 
     not_registered = [label for name, label in grid.rows if name not in registry]
     if not_registered:
         header.append(f"not yet implemented here (—): {', '.join(not_registered)}")
+    shown = [r for r in rows if r.model in {name for name, _ in grid.rows}]
+    header.extend(evaluation_lines(shown))
     return render(table_rows, grid.sites, rows, table_key=grid.name, title=grid.title, header_lines=header, fmt=fmt,
-                  overall=grid.overall)
+                  overall=grid.overall, collapse_rule=COLLAPSE_RULE)
+
+
+def _setting_line(what: str, values: dict[str, set[str]], describe: dict[str, str]) -> str:
+    """``what: value (meaning)`` when every model used one value, else the value of each model."""
+    used = sorted(set().union(*values.values()))
+    if len(used) == 1:
+        return f"{what}: {used[0]}{describe.get(used[0], '')}"
+    per_value = {v: sorted(m for m, vs in values.items() if v in vs) for v in used}
+    return f"{what}: " + "; ".join(f"{v}{describe.get(v, '')} in {', '.join(ms)}" for v, ms in per_value.items())
+
+
+def evaluation_lines(rows: list) -> list[str]:
+    """The header lines naming the evaluation settings the table's runs used: the linear probes'
+    preprocessing (every linear-probe row) and the text encoder ModalTune rows distilled."""
+    from models.modaltune.projection import DEFAULT_TEXT_ENCODER
+
+    probe: dict[str, set[str]] = {}
+    text: dict[str, set[str]] = {}
+    for row in rows:
+        resolved = row.config.get("resolved_model") or {}
+        options = resolved.get("run_options") or {}
+        if "probe" in options:
+            probe.setdefault(row.model, set()).add(str(options["probe"]))
+        if row.regime == "text_distill":
+            config = resolved.get("config") or {}
+            encoder = config.get("text_encoder", (resolved.get("overrides") or {}).get("text_encoder", DEFAULT_TEXT_ENCODER))
+            text.setdefault(row.model, set()).add(str(encoder))
+    lines = []
+    if probe:
+        lines.append(_setting_line("linear-probe features (LP, transfer and ModalTune rows)", probe, PROBE_MEANING))
+    if text:
+        lines.append(_setting_line("ModalTune text targets embedded by", text, TEXT_MEANING))
+    return lines
+
+
+PROBE_MEANING = {"raw": " (as the ModalTune release: the embeddings as they are)",
+                 "standardized": " (z-scored with the training patients' mean and std)"}
+TEXT_MEANING = {"bow": " (offline stand-in for CONCH: TF-IDF + seeded Gaussian projection)",
+                "conch": " (CONCH's text encoder, as the paper)"}

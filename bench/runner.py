@@ -11,6 +11,7 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -377,13 +378,20 @@ def weights_option(path: str | Path | None) -> str | None:
 
 
 def file_tag(path: str | Path) -> str:
-    """``name:sha256[:16]`` of a local file (a checkpoint's identity in run ids and caches)."""
-    path = Path(path)
+    """``name:sha256[:16]`` of a local file (a checkpoint's identity in run ids and caches); hashed once
+    per process for an unchanged file (a grid plans many runs reading one checkpoint)."""
+    stat = Path(path).stat()
+    return _file_tag(str(Path(path).resolve()), Path(path).name, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=16)
+def _file_tag(resolved: str, name: str, mtime_ns: int, size: int) -> str:
+    path = Path(resolved)
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 24), b""):
             digest.update(block)
-    return f"{path.name}:{digest.hexdigest()[:16]}"
+    return f"{name}:{digest.hexdigest()[:16]}"
 
 
 def _store(req: RunRequest) -> Path:

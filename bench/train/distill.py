@@ -21,7 +21,7 @@ Collapse diagnostics (:class:`CollapseDiagnostics`; not in the release): before 
 every epoch, on the validation patients, the spread of the general embedding across patients, the
 cosine of the student's and the teacher's patient-specific parts, and the validation loss against
 the loss of predicting the mean training target for everyone are logged and stored; a run that ends
-collapsed (:func:`is_collapsed`) is flagged ``collapsed: 1.0`` in its rows.
+collapsed (:func:`bench.train.collapse.is_collapsed`) is flagged ``collapsed: 1.0`` in its rows.
 
 Loss options beyond the paper (run options, :mod:`models.run_options`): ``distill_center`` subtracts
 the training patients' mean target per task before the KL divergence; ``distill_temperature``
@@ -48,6 +48,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from bench.config import DistillSettings
 from bench.data.dataset import SiteData, collate
+from bench.train.collapse import COLLAPSE_RULE, is_collapsed
 from bench.train.probe import EMBED_BATCH, embed, probe_subtype, probe_survival
 
 log = logging.getLogger(__name__)
@@ -208,20 +209,6 @@ class TargetCentring(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: DistillModule) -> None:
         self._update(module)
-
-
-#: The rule that flags a run as collapsed, as stored and shown under every table.
-STD_COLLAPSE_FRACTION = 0.5
-MIN_CENTERED_COSINE = 0.1
-COLLAPSE_RULE = (f"after the last epoch, on the validation patients, the general embedding's spread across patients "
-                 f"is below {STD_COLLAPSE_FRACTION:g} x its value before training, or the cosine between the "
-                 f"patient-specific (centred) parts of student and teacher is below {MIN_CENTERED_COSINE:g}")
-
-
-def is_collapsed(std_ratio: float, centered_cosine: float) -> bool:
-    """:data:`COLLAPSE_RULE`: the model's embeddings stopped differing between patients, or what differs
-    does not follow the text targets (NaN counts as collapsed)."""
-    return not (std_ratio >= STD_COLLAPSE_FRACTION and centered_cosine >= MIN_CENTERED_COSINE)
 
 
 @torch.no_grad()
