@@ -126,6 +126,16 @@ def _output_dir(text: str) -> str:
     return text
 
 
+def _text_encoder(text: str) -> str:
+    """``--text-encoder``: ``bow``, ``conch`` or ``hf:DIR`` with DIR an existing local model directory."""
+    if text in ("bow", "conch"):
+        return text
+    if text.startswith("hf:") and len(text) > 3:
+        _input_dir(text[3:])
+        return text
+    raise argparse.ArgumentTypeError(f"expected bow, conch or hf:DIR (a local transformers model directory), got {text!r}")
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
@@ -149,6 +159,35 @@ def _emit(obj: Any) -> None:
 
 def _add_store(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", help="results store (default: $BENCH_STORE, else runs/results.sqlite)")
+
+
+def _add_evaluation(p: argparse.ArgumentParser) -> None:
+    """The per-run evaluation settings of ``run`` and ``grid``: the text a ModalTune model distils and the
+    linear probes' preprocessing (each part of the run id)."""
+    from models.run_options import PROBE_PREPROCESSING
+
+    p.add_argument("--text-encoder", type=_text_encoder,
+                   help="text_distill models (ModalTune): the text embeddings distilled: bow (offline default), "
+                        "conch or hf:DIR; embedded into the cohort's text cache on first use")
+    p.add_argument("--text-weights", type=_input_file,
+                   help="with --text-encoder conch: the local CONCH checkpoint (its hash enters the run id)")
+    p.add_argument("--probe", choices=PROBE_PREPROCESSING,
+                   help="linear-probe feature preprocessing of the LP, transfer and ModalTune rows: raw (default, "
+                        "as the release) or standardized (z-scored on the training patients)")
+
+
+def _evaluation(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``RunRequest`` fields of ``--text-encoder`` / ``--text-weights`` / ``--probe``: the text encoder
+    reaches the model as its ``text_encoder`` override, the probe as the ``probe`` run option."""
+    from models.text.factory import encoder_cache_name
+
+    out: dict[str, Any] = {"text_spec": args.text_encoder, "text_weights": args.text_weights, "overrides": {},
+                           "run_options": {}}
+    if args.text_encoder is not None:
+        out["overrides"]["text_encoder"] = encoder_cache_name(args.text_encoder)
+    if args.probe is not None:
+        out["run_options"]["probe"] = args.probe
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -250,6 +289,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                         "params_paper": counts["all"], "trainable_params_paper": counts["trainable"],
                         "params_profile": count_parameters(entry.build(ctx)), "profile": prof.name,
                         "base": entry.base, "overrides": canonical(dict(entry.overrides)),
+                        "run_options": canonical(dict(entry.run_options)),
                         "beyond_paper": entry.beyond_paper, "description": entry.description})
     if args.json:
         _emit({"profile": prof.name, "models": listing})
@@ -268,7 +308,7 @@ def _cell(model: dict[str, Any], column: str) -> str:
     if column == "variant of":
         if not model["base"]:
             return ""
-        overrides = ", ".join(f"{k}={v}" for k, v in model["overrides"].items())
+        overrides = ", ".join(f"{k}={v}" for k, v in {**model["overrides"], **model["run_options"]}.items())
         return f"{model['base']} ({overrides})" + (" [beyond the paper]" if model["beyond_paper"] else "")
     value = model[column]
     if isinstance(value, list):
@@ -287,7 +327,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     req = RunRequest(model=args.model, site=args.site, task=args.task, seed=args.seed, profile=args.profile,
                      cohort=args.cohort, store=args.store, force=args.force, wandb=args.wandb, weights=args.weights,
-                     progress=not args.json and sys.stderr.isatty())
+                     progress=not args.json and sys.stderr.isatty(), **_evaluation(args))
     tasks = resolve_tasks(req)
     results = [execute(replace(req, task=task)) for task in tasks]
     if args.json:
@@ -310,7 +350,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     summary = run_grid(grid, profile=args.profile, cohort_dir=args.cohort, store=args.store,
                        models=resolve_models(args.models) if args.models else None,
                        sites=_csv_list(args.sites) if args.sites else None, seeds=args.seeds, jobs=args.jobs,
-                       wandb=args.wandb, progress=not args.json)
+                       wandb=args.wandb, progress=not args.json, evaluation=_evaluation(args))
     if args.json:
         _emit(summary)
     else:
@@ -491,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(p)
     p.add_argument("--force", action="store_true", help="rerun even if the result is stored")
     p.add_argument("--weights", help="local checkpoint of a foundation model (Prov-GigaPath, TITAN); default random init")
+    _add_evaluation(p)
     p.add_argument("--wandb", default="offline", choices=["online", "offline", "disabled"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_run)
@@ -514,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models")
     p.add_argument("--jobs", type=_positive, help="parallel runs (default: the profile's)")
     _add_store(p)
+    _add_evaluation(p)
     p.add_argument("--wandb", default="offline", choices=["online", "offline", "disabled"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_grid)

@@ -163,10 +163,29 @@ def _run_cell(args: dict[str, Any]) -> dict[str, Any]:
     return execute(RunRequest(**args))
 
 
+def cell_evaluation(regime: str, evaluation: dict[str, Any] | None) -> dict[str, Any]:
+    """The part of a grid's evaluation settings (``RunRequest`` fields ``text_spec``, ``text_weights``,
+    ``overrides``, ``run_options`` from ``grid --text-encoder/--text-weights/--probe``) that a row of
+    ``regime`` reads: the text settings for text_distill rows, each run option where the regime reads it."""
+    from models.run_options import regime_options
+
+    evaluation = evaluation or {}
+    out: dict[str, Any] = {}
+    if regime == "text_distill":
+        out.update({k: evaluation[k] for k in ("text_spec", "text_weights", "overrides") if evaluation.get(k)})
+    options = {k: v for k, v in (evaluation.get("run_options") or {}).items() if k in regime_options(regime)}
+    if options:
+        out["run_options"] = options
+    return out
+
+
 def run_grid(grid: GridSpec, *, profile: str, cohort_dir: str | Path | None, store: str | Path | None,
              models: list[str] | None = None, sites: list[str] | None = None, seeds: list[int] | None = None,
-             jobs: int | None = None, wandb: str = "offline", progress: bool = True) -> dict[str, Any]:
+             jobs: int | None = None, wandb: str = "offline", progress: bool = True,
+             evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the missing cells of ``grid``; returns counts and the failures (run id, cell, one-line reason).
+
+    ``evaluation``: the evaluation settings of every row that reads them (:func:`cell_evaluation`).
 
     A cell another process is training (a second grid on the same store) is skipped at first and
     waited for at the end, so each run is trained once and every row stored once. A failing cell,
@@ -183,15 +202,18 @@ def run_grid(grid: GridSpec, *, profile: str, cohort_dir: str | Path | None, sto
     cohort = ensure_cohort(cohort_dir, prof.scale)
     sites = [cohort.resolve_site(s) for s in (sites or [s for s in grid.sites if s in cohort.sites])]
     cells = grid_cells(grid, models=models, sites=sites, seeds=seeds)
-    plans = [plan_run(RunRequest(model=c.model, site=c.site, task=c.task, seed=c.seed, profile=prof.name), cohort)
-             for c in cells]
+    registry = all_models()
+    settings = [cell_evaluation(registry[c.model].regime, evaluation) for c in cells]
+    plans = [plan_run(RunRequest(model=c.model, site=c.site, task=c.task, seed=c.seed, profile=prof.name, **extra),
+                      cohort) for c, extra in zip(cells, settings)]
     run_ids = [run_config(plan).run_id() for plan in plans]
     with ResultStore(path) as results:
-        missing = [(c, run_id) for c, plan, run_id in zip(cells, plans, run_ids)
+        missing = [(c, run_id, extra) for c, plan, run_id, extra in zip(cells, plans, run_ids, settings)
                    if not results.has(run_id, regime_for(plan.entry).result_keys(plan))]
     log.info("%s: %d runs, %d already stored, %d to run", grid.name, len(cells), len(cells) - len(missing), len(missing))
     base = dict(profile=prof.name, cohort=str(cohort.root), store=str(path), wandb=wandb)
-    requests = [dict(base, model=c.model, site=c.site, task=c.task, seed=c.seed, wait=False) for c, _ in missing]
+    requests = [dict(base, model=c.model, site=c.site, task=c.task, seed=c.seed, wait=False, **extra)
+                for c, _, extra in missing]
     jobs = jobs or prof.grid_jobs
     bar = tqdm(total=len(requests), desc=f"{grid.name} ({prof.name})", unit="run", disable=not progress)
     outcomes, errors = _run_requests(requests, jobs, bar)

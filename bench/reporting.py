@@ -9,6 +9,7 @@ from bench.errors import BenchError
 from bench.grids import GRIDS, GridSpec, get_grid
 from bench.registry import all_models
 from bench.results import ResultStore, store_path
+from bench.train.collapse import COLLAPSE_RULE
 from models.paper.reference import delta_reference, published_deltas
 from reports.tables import DeltaRow, TableRow, render, render_deltas
 
@@ -47,8 +48,10 @@ def render_table(table: str, *, store: str | Path | None = None, profile: str | 
     if deltas:
         header.append(f"the paper publishes {delta_reference(grid.name)}'s Overall only; the other rows as changes "
                       "relative to a reference row, in its text (the last table: ours beside those)")
+    shown = [r for r in rows if r.model in {name for name, _ in grid.rows}]
+    header.extend(evaluation_lines(shown))
     text = render(table_rows, grid.sites, rows, table_key=grid.name, title=grid.title, header_lines=header, fmt=fmt,
-                  overall=grid.overall)
+                  overall=grid.overall, collapse_rule=COLLAPSE_RULE)
     return text + render_deltas(deltas, grid.sites, rows, fmt=fmt) if deltas else text
 
 
@@ -69,3 +72,42 @@ def delta_rows(grid: GridSpec) -> list[DeltaRow]:
         reference, changes = published.get(label, (default, {}))
         out.append(DeltaRow(name, label, names[reference], reference, changes))
     return out
+
+
+def _setting_line(what: str, values: dict[str, set[str]], describe: dict[str, str]) -> str:
+    """``what: value (meaning)`` when every model used one value, else the value of each model."""
+    used = sorted(set().union(*values.values()))
+    if len(used) == 1:
+        return f"{what}: {used[0]}{describe.get(used[0], '')}"
+    per_value = {v: sorted(m for m, vs in values.items() if v in vs) for v in used}
+    return f"{what}: " + "; ".join(f"{v}{describe.get(v, '')} in {', '.join(ms)}" for v, ms in per_value.items())
+
+
+def evaluation_lines(rows: list) -> list[str]:
+    """The header lines naming the evaluation settings the table's runs used: the linear probes'
+    preprocessing (every linear-probe row) and the text encoder ModalTune rows distilled."""
+    from models.modaltune.projection import DEFAULT_TEXT_ENCODER
+
+    probe: dict[str, set[str]] = {}
+    text: dict[str, set[str]] = {}
+    for row in rows:
+        resolved = row.config.get("resolved_model") or {}
+        options = resolved.get("run_options") or {}
+        if "probe" in options:
+            probe.setdefault(row.model, set()).add(str(options["probe"]))
+        if row.regime == "text_distill":
+            config = resolved.get("config") or {}
+            encoder = config.get("text_encoder", (resolved.get("overrides") or {}).get("text_encoder", DEFAULT_TEXT_ENCODER))
+            text.setdefault(row.model, set()).add(str(encoder))
+    lines = []
+    if probe:
+        lines.append(_setting_line("linear-probe features (LP, transfer and ModalTune rows)", probe, PROBE_MEANING))
+    if text:
+        lines.append(_setting_line("ModalTune text targets embedded by", text, TEXT_MEANING))
+    return lines
+
+
+PROBE_MEANING = {"raw": " (as the ModalTune release: the embeddings as they are)",
+                 "standardized": " (z-scored with the training patients' mean and std)"}
+TEXT_MEANING = {"bow": " (offline stand-in for CONCH: TF-IDF + seeded Gaussian projection)",
+                "conch": " (CONCH's text encoder, as the paper)"}

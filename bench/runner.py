@@ -11,6 +11,7 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,9 @@ class RunRequest:
     runs_dir: Path = DEFAULT_RUNS_DIR
     wait: bool = True  # run claimed by another live process: wait for its result (else return status "claimed")
     overrides: dict[str, Any] = field(default_factory=dict)  # model overrides on top of the registered ones
+    run_options: dict[str, Any] = field(default_factory=dict)  # models.run_options on top of the registered ones
+    text_spec: str | None = None  # --text-encoder: where missing text embeddings come from (bow, conch, hf:DIR)
+    text_weights: str | Path | None = None  # --text-weights: the text encoder's local checkpoint (conch)
 
 
 def default_cohort_dir(scale: str) -> Path:
@@ -107,19 +111,24 @@ def model_context(cohort: Cohort, n_outputs: int, profile: str, weights: str | P
 
 def run_config(plan: RunPlan) -> RunConfig:
     """The resolved configuration of one run; its hash is the run id. It holds the model's resolved
-    configuration (base, overrides and, where the family has one, its full configuration), so a
-    changed variant never reuses an old result."""
+    configuration (base, overrides, where the family has one its full configuration, and the run
+    options its regime reads), so a changed variant never reuses an old result; the options hold the
+    tags of the local checkpoints it reads (``--weights``, ``--text-weights``)."""
     ctx = model_context(plan.cohort, 4, plan.profile.name)
+    options = {"weights": plan.weights_tag} if plan.weights_tag else {}
+    if plan.text_source is not None and plan.text_source.weights_tag:
+        options["text_weights"] = plan.text_source.weights_tag
     return RunConfig(model=plan.entry.name, site=plan.site, task=plan.task, seed=plan.seed, profile=plan.profile,
                      cohort_fingerprint=plan.cohort.fingerprint, regime=plan.entry.regime,
-                     resolved_model=resolve_model(plan.entry, ctx, plan.overrides),
-                     options={"weights": plan.weights_tag} if plan.weights_tag else {})
+                     resolved_model=resolve_model(plan.entry, ctx, plan.overrides, plan.run_options),
+                     options=options)
 
 
-def resolve_model(entry: ModelEntry, ctx: ModelContext, overrides: dict[str, Any]) -> dict[str, Any]:
-    """``entry.resolve`` with a bad override as a bad-input error naming the model."""
+def resolve_model(entry: ModelEntry, ctx: ModelContext, overrides: dict[str, Any],
+                  run_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``entry.resolve`` with a bad override or run option as a bad-input error naming the model."""
     try:
-        return entry.resolve(ctx, overrides)
+        return entry.resolve(ctx, overrides, run_options)
     except (ValueError, TypeError) as err:
         raise BenchError(f"model {entry.name}: {err}") from err
 
@@ -161,8 +170,48 @@ def resolve_tasks(req: RunRequest, cohort: Cohort | None = None) -> list[str]:
     regime_for(entry).validate(entry, req.site, cohort.sites if cohort is not None else list(ALL_SITES),
                                f"cohort {cohort.root}" if cohort is not None else "the embedded synthetic cohort")
     check_weights(req.weights)
+    check_text_request(req, entry)
+    try:
+        entry.merged_run_options(req.run_options)
+    except ValueError as err:
+        raise BenchError(f"model {entry.name}: {err}") from err
     check_store(_store(req))
     return tasks
+
+
+def check_text_request(req: RunRequest, entry: ModelEntry) -> None:
+    """Refuse text-encoder settings a run cannot use: on a model that distils no text, an unknown
+    ``--text-encoder``, ``--text-weights`` without ``--text-encoder conch``, or a checkpoint that is
+    not a file."""
+    from models.text.factory import encoder_cache_name
+
+    if req.text_spec is None and req.text_weights is None:
+        return
+    if entry.regime != "text_distill":
+        raise BenchError(f"--text-encoder / --text-weights choose the text a ModalTune (text_distill) model distils; "
+                         f"model {entry.name} is trained by the {entry.regime} regime and reads no text")
+    if req.text_weights is not None and req.text_spec != "conch":
+        raise BenchError(f"--text-weights is read by --text-encoder conch only, not {req.text_spec or 'the default'!r}; "
+                         "add --text-encoder conch or drop --text-weights")
+    try:
+        encoder_cache_name(req.text_spec)
+    except ValueError as err:
+        raise BenchError(f"--text-encoder: {err}") from err
+    if req.text_spec.startswith("hf:") and not Path(req.text_spec[3:]).is_dir():
+        raise BenchError(f"--text-encoder {req.text_spec}: {req.text_spec[3:]} is not a local model directory")
+    if req.text_weights is not None and not Path(req.text_weights).is_file():
+        raise BenchError(f"--text-weights {req.text_weights} is not a file; pass a local CONCH checkpoint")
+
+
+def text_source(req: RunRequest) -> Any:
+    """The :class:`~bench.text_cache.TextSource` of a checked ``req`` (None without ``--text-encoder``),
+    its checkpoint's tag computed (it enters the run id)."""
+    from bench.text_cache import TextSource
+
+    if req.text_spec is None:
+        return None
+    weights = str(req.text_weights) if req.text_weights is not None else None
+    return TextSource(req.text_spec, weights, file_tag(weights) if weights else None)
 
 
 def plan_run(req: RunRequest, cohort: Cohort | None = None) -> RunPlan:
@@ -178,7 +227,8 @@ def plan_run(req: RunRequest, cohort: Cohort | None = None) -> RunPlan:
     cohort = cohort or ensure_cohort(None, profile.scale)
     site = regime_for(entry).validate(entry, req.site, cohort.sites, f"cohort {cohort.root}")
     return RunPlan(entry=entry, cohort=cohort, site=site, task=tasks[0], seed=req.seed, profile=profile,
-                   weights=req.weights, weights_tag=weights_option(req.weights), overrides=dict(req.overrides))
+                   weights=req.weights, weights_tag=weights_option(req.weights), overrides=dict(req.overrides),
+                   run_options=dict(req.run_options), text_source=text_source(req))
 
 
 def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
@@ -272,16 +322,30 @@ def attempt_dir(run_dir: Path) -> Path:
     return path
 
 
-def ensure_text_cache(cohort: Cohort, encoder: str):
-    """The cohort's cached text embeddings of ``encoder``; the offline ``bow`` cache is built on first use."""
+def ensure_text_cache(cohort: Cohort, encoder: str, source: Any = None):
+    """The cohort's cached text embeddings of ``encoder``, built on first use where that needs nothing
+    more: the offline ``bow`` encoder always, else the run's ``source`` (``--text-encoder hf:DIR``, or
+    ``conch`` with ``--text-weights``). With ``--text-weights``, a cache embedded with other (or
+    unrecorded) weights is refused rather than used under the wrong run id."""
     from bench.text_cache import cache_path, load_text_cache, write_text_cache
 
-    if not cache_path(cohort.root, encoder).is_file():
-        if encoder != "bow":
+    source = source if source is not None and source.name == encoder else None
+    path = cache_path(cohort.root, encoder)
+    if not path.is_file():
+        if encoder == "bow":
+            write_text_cache(cohort, encoder)
+        elif source is not None and source.buildable:
+            write_text_cache(cohort, source.spec, weights=source.weights, weights_tag=source.weights_tag)
+        else:
             raise BenchError(f"cohort {cohort.root} has no cached '{encoder}' text embeddings; create them with "
-                             f"`python -m bench text embed --cohort {cohort.root} --encoder {encoder} --text-weights PATH`")
-        write_text_cache(cohort, encoder)
-    return load_text_cache(cohort, encoder)
+                             f"`python -m bench text embed --cohort {cohort.root} --encoder {encoder} --text-weights PATH` "
+                             "(or pass --text-weights PATH to run)")
+    cache = load_text_cache(cohort, encoder)
+    if source is not None and source.weights_tag and cache.weights != source.weights_tag:
+        raise BenchError(f"{path} was embedded with {cache.weights or 'unrecorded weights'}, not --text-weights "
+                         f"{source.weights_tag}; re-embed with `python -m bench text embed --cohort {cohort.root} "
+                         f"--encoder {encoder} --text-weights PATH`, or drop --text-weights to use the cached embeddings")
+    return cache
 
 
 def probe_key(model: str, profile: str, cohort: Cohort, seed: int, weights: str | None) -> dict[str, Any]:
@@ -310,12 +374,24 @@ def weights_option(path: str | Path | None) -> str | None:
     if path is None:
         return None
     check_weights(path)
-    path = Path(path)
+    return file_tag(path)
+
+
+def file_tag(path: str | Path) -> str:
+    """``name:sha256[:16]`` of a local file (a checkpoint's identity in run ids and caches); hashed once
+    per process for an unchanged file (a grid plans many runs reading one checkpoint)."""
+    stat = Path(path).stat()
+    return _file_tag(str(Path(path).resolve()), Path(path).name, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=16)
+def _file_tag(resolved: str, name: str, mtime_ns: int, size: int) -> str:
+    path = Path(resolved)
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 24), b""):
             digest.update(block)
-    return f"{path.name}:{digest.hexdigest()[:16]}"
+    return f"{name}:{digest.hexdigest()[:16]}"
 
 
 def _store(req: RunRequest) -> Path:

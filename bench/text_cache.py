@@ -5,7 +5,8 @@ from ``patients.csv`` and the manifest's bin edges; :func:`write_text_cache` emb
 encoder (``bow``, ``conch``, ``hf:DIR``) and saves, atomically::
 
     {"format": 1, "encoder": name, "label": what it is, "dim": E, "tasks": [general, diagnosis,
-     stage, survival], "prompts_sha256": hash of every patient's texts, "embeddings": {case_id: [4, E]}}
+     stage, survival], "prompts_sha256": hash of every patient's texts, "embeddings": {case_id: [4, E]},
+     "weights": "<file name>:<sha256[:16]>" of the encoder's checkpoint, or None}
 
 :func:`load_text_cache` reads it back, refuses a cache whose prompts no longer match the cohort
 (re-run ``text embed``), and also accepts the release's own files (a plain ``{case: [4, E]}`` dict,
@@ -83,6 +84,29 @@ def cache_path(cohort_root: str | Path, encoder_name: str) -> Path:
     return Path(cohort_root) / fmt.TEXT_DIR / f"{encoder_name}.pt"
 
 
+@dataclass(frozen=True)
+class TextSource:
+    """Where a run's text embeddings come from when the cohort has no cache of them yet (``run
+    --text-encoder SPEC [--text-weights PATH]``): the encoder ``spec`` (``bow``, ``conch``, ``hf:DIR``),
+    its local checkpoint and that checkpoint's ``name:sha256[:16]`` tag (part of the run id)."""
+
+    spec: str
+    weights: str | None = None
+    weights_tag: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The cache name (``text/<name>.pt``) and ModalTune ``text_encoder`` setting of ``spec``."""
+        from models.text.factory import encoder_cache_name
+
+        return encoder_cache_name(self.spec)
+
+    @property
+    def buildable(self) -> bool:
+        """True when this source can embed a cohort by itself (``conch`` needs its checkpoint)."""
+        return self.spec != "conch" or self.weights is not None
+
+
 def embed_cohort(cohort: Cohort | str | Path, encoder: TextEncoder) -> dict[str, Any]:
     """Fit ``encoder`` on the cohort's texts (``bow`` only) and embed them: the cache record."""
     cohort = _cohort(cohort)
@@ -102,15 +126,18 @@ def embed_cohort(cohort: Cohort | str | Path, encoder: TextEncoder) -> dict[str,
 
 
 def write_text_cache(cohort: Cohort | str | Path, spec: str, *, weights: str | Path | None = None,
-                     tokenizer: str | Path | None = None, seed: int = 0,
-                     device: str | torch.device = "cpu") -> Path:
-    """Embed the cohort with encoder ``spec`` and write ``text/<encoder>.pt`` atomically; returns its path."""
+                     tokenizer: str | Path | None = None, seed: int = 0, device: str | torch.device = "cpu",
+                     weights_tag: str | None = None) -> Path:
+    """Embed the cohort with encoder ``spec`` and write ``text/<encoder>.pt`` atomically; returns its path.
+
+    ``weights_tag`` (``name:sha256[:16]`` of ``weights``) is recorded, so that a run asking for other
+    weights can tell that the cache is not theirs."""
     cohort = _cohort(cohort)
     try:
         encoder = build_text_encoder(spec, weights=weights, tokenizer=tokenizer, seed=seed, device=device)
     except (ValueError, FileNotFoundError, ImportError) as err:
         raise BenchError(str(err)) from err
-    record = embed_cohort(cohort, encoder)
+    record = {**embed_cohort(cohort, encoder), "weights": weights_tag}
     path = cache_path(cohort.root, encoder.name)
     fmt.write_atomic(path, lambda tmp: torch.save(record, tmp))
     log.info("wrote %s: %d patients x %d texts x %d dims (%s)", path, len(record["embeddings"]),
@@ -126,6 +153,7 @@ class TextCache:
     label: str
     dim: int
     embeddings: dict[str, torch.Tensor]
+    weights: str | None = None
 
     def matrix(self, case_ids: list[str]) -> torch.Tensor:
         """``float32 [len(case_ids), 4, dim]`` in the given order; a missing case is an error."""
@@ -154,7 +182,8 @@ def load_text_cache(cohort: Cohort | str | Path, encoder_name: str, *, check_pro
             raise BenchError(f"{path} was embedded from other prompts than this cohort's patients.csv now gives; "
                              f"re-run `python -m bench text embed --cohort {cohort.root} --encoder {encoder_name}`")
         embeddings = dict(record["embeddings"])
-        cache = TextCache(str(record["encoder"]), str(record["label"]), int(record["dim"]), embeddings)
+        cache = TextCache(str(record["encoder"]), str(record["label"]), int(record["dim"]), embeddings,
+                          record.get("weights"))
     else:
         cache = _release_cache(cohort, path, record, encoder_name)
     bad = [c for c, e in cache.embeddings.items() if tuple(e.shape) != (len(TEXT_TASKS), cache.dim)]

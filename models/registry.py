@@ -11,7 +11,8 @@ A *variant* (every ablation) is a registered name holding a base model and ``ove
 is a line of configuration, never a copy of a model. A builder that takes overrides declares them as
 keyword arguments; one that takes none refuses them by name. ``resolve`` gives the configuration
 that enters a run id: the overrides, plus the builder's full resolved configuration where the model
-registers a ``config`` function (ModalTune).
+registers a ``config`` function (ModalTune), plus the run options its regime reads
+(:mod:`models.run_options`: settings of the training or evaluation, never passed to the builder).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 from models.base import BenchModel, ModelContext
 from models.names import MODALITIES, REGIMES, TASKS
+from models.run_options import resolve_run_options
 
 Builder = Callable[..., BenchModel]
 ConfigFn = Callable[..., Mapping[str, Any]]
@@ -48,6 +50,7 @@ class ModelEntry:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     config: ConfigFn | None = None
     beyond_paper: bool = False
+    run_options: Mapping[str, Any] = field(default_factory=dict)
 
     def build(self, ctx: ModelContext, **overrides: Any) -> BenchModel:
         """The model for ``ctx``: the builder with this entry's overrides, then ``overrides``."""
@@ -64,16 +67,26 @@ class ModelEntry:
                              f"it takes {', '.join(valid) if valid else 'none'}")
         return merged
 
-    def resolve(self, ctx: ModelContext, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def merged_run_options(self, run_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Every run option this entry's regime reads (:mod:`models.run_options`): the defaults, this
+        entry's ``run_options``, then ``run_options``; an option the regime does not read is refused."""
+        return resolve_run_options(self.regime, {**self.run_options, **(run_options or {})})
+
+    def resolve(self, ctx: ModelContext, overrides: Mapping[str, Any] | None = None,
+                run_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The configuration that identifies this model in a run id (canonical JSON types).
 
         ``{"base": ..., "overrides": {...}}`` plus ``"config"``: the builder's resolved configuration
-        (defaults of the profile with the overrides applied) where the family registers one.
+        (defaults of the profile with the overrides applied) where the family registers one, and
+        ``"run_options"``: :meth:`merged_run_options` where the regime reads any.
         """
         merged = self.merged_overrides(overrides)
         out: dict[str, Any] = {"base": self.base or self.name, "overrides": canonical(merged)}
         if self.config is not None:
             out["config"] = canonical(dict(self.config(ctx, **merged)))
+        options = self.merged_run_options(run_options)
+        if options:
+            out["run_options"] = canonical(options)
         return out
 
 
@@ -135,12 +148,16 @@ def register_model(
 
 
 def register_variant(name: str, base: str, *, label: str, overrides: Mapping[str, Any], description: str,
-                     beyond_paper: bool = False, **fields: Any) -> ModelEntry:
+                     beyond_paper: bool = False, run_options: Mapping[str, Any] | None = None,
+                     **fields: Any) -> ModelEntry:
     """Register ``name`` as ``base`` built with ``overrides`` (an ablation: one line of configuration).
 
     ``fields`` replace other entry fields of the base (``regime``, ``tasks``, ``modalities``,
     ``pancancer`` …) where the variant is trained differently; ``beyond_paper`` marks a variant the
-    paper does not report. The base must be registered first and its builder must take every override.
+    paper does not report. ``run_options`` (:mod:`models.run_options`) change how the regime trains or
+    evaluates the model (the probe's preprocessing, the distillation loss), never the model itself.
+    The base must be registered first; its builder must take every override and its regime must read
+    every run option.
     """
     if name != name.lower():
         raise ValueError(f"model names are lower-case: {name!r}")
@@ -150,8 +167,10 @@ def register_variant(name: str, base: str, *, label: str, overrides: Mapping[str
         raise ValueError(f"variant {name}: base model {base!r} is not registered (register it first)")
     parent = _REGISTRY[base]
     entry = replace(parent, name=name, label=label, description=description, base=parent.base or parent.name,
-                    overrides={**parent.overrides, **overrides}, beyond_paper=beyond_paper, **fields)
+                    overrides={**parent.overrides, **overrides}, beyond_paper=beyond_paper,
+                    run_options={**parent.run_options, **(run_options or {})}, **fields)
     entry.merged_overrides()  # refuse an override the builder does not take, at registration
+    entry.merged_run_options()  # and a run option its regime does not read, or a bad value
     _check_fields(entry)
     _REGISTRY[name] = entry
     return entry

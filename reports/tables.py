@@ -3,7 +3,9 @@
 Each cell is ours ``mean ± std`` over seeds beside the paper's published value; "—" where we have
 not run it, "n/a" where the paper publishes none, "NaN" where a run's metric was not computable
 (e.g. a test split without comparable survival pairs). "Overall" is the mean over the table's sites of
-the per-site means (shown only when every site is present), as in the paper.
+the per-site means (shown only when every site is present), as in the paper. A row some of whose runs
+ended collapsed (their stored ``collapsed`` metric is 1; the rule is the caller's ``collapse_rule``)
+carries the mark † and a note under the table says how many of its runs did.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from models.paper.reference import published
 TASK_METRIC = {"subtype": ("test_balanced_accuracy", "Cancer subtype prediction (balanced accuracy)"),
                "survival": ("test_c_index", "Survival prediction (C-index)")}
 DASH, NA = "—", "n/a"
+COLLAPSED_MARK = "†"
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,16 @@ def aggregate(results: Iterable[Any], task: str) -> dict[tuple[str, str], Stat]:
     return out
 
 
+def collapsed_runs(results: Iterable[Any], model: str, sites: Sequence[str]) -> tuple[int, int]:
+    """``(collapsed, total)``: distinct runs of ``model`` with a row at one of ``sites`` that carries the
+    ``collapsed`` flag (text-distillation runs), and how many of them are flagged (stored metric 1.0)."""
+    runs: dict[str, bool] = {}
+    for row in results:
+        if row.model == model and row.site in sites and "collapsed" in row.metrics:
+            runs[row.run_id] = runs.get(row.run_id, False) or row.metrics["collapsed"] == 1.0
+    return sum(runs.values()), len(runs)
+
+
 def _paper(table_key: str, task: str, label: str, site: str) -> Stat | None:
     value = published(table_key, task, label, site)
     return None if value is None else Stat(value[0], value[1], 0)
@@ -97,11 +110,13 @@ def table_cells(rows: Sequence[TableRow], sites: Sequence[str], results: list[An
 
 def render(rows: Sequence[TableRow], sites: Sequence[str], results: list[Any], *, table_key: str, title: str,
            header_lines: Sequence[str] = (), fmt: str = "md", tasks: Sequence[str] = ("subtype", "survival"),
-           overall: bool = True) -> str:
-    """The table as Markdown (``md``), LaTeX (``latex``) or long-format ``csv``."""
+           overall: bool = True, collapse_rule: str = "") -> str:
+    """The table as Markdown (``md``), LaTeX (``latex``) or long-format ``csv``; rows with collapsed runs
+    are marked :data:`COLLAPSED_MARK` and explained under the table with ``collapse_rule``."""
     cells = table_cells(rows, sites, results, table_key, tasks, overall)
+    collapsed = {row.name: collapsed_runs(results, row.name, sites) for row in rows}
     if fmt == "csv":
-        return _csv(cells)
+        return _csv(cells, collapsed)
     columns = list(sites) + (["Overall"] if overall else [])
     tablefmt = {"md": "github", "latex": "latex_booktabs"}[fmt]
     parts = []
@@ -118,7 +133,7 @@ def render(rows: Sequence[TableRow], sites: Sequence[str], results: list[Any], *
         by_key = {(c["model"], c["site"]): c for c in cells if c["task"] == task}
         body = []
         for row in rows:
-            line = [row.label]
+            line = [row.label + (f" {COLLAPSED_MARK}" if collapsed[row.name][0] else "")]
             for site in columns:
                 c = by_key[(row.name, site)]
                 line.append(f"{_fmt(c['ours'], DASH)} / {_fmt(c['paper'], NA)}")
@@ -129,21 +144,30 @@ def render(rows: Sequence[TableRow], sites: Sequence[str], results: list[Any], *
             parts.append(f"% {TASK_METRIC[task][1]}")
         parts.append(tabulate(body, headers=["Model"] + columns, tablefmt=tablefmt, disable_numparse=True))
         parts.append("")
+    notes = [f"{row.label}: {collapsed[row.name][0]} of {collapsed[row.name][1]} runs" for row in rows
+             if collapsed[row.name][0]]
+    if notes:
+        note = f"{COLLAPSED_MARK} ended collapsed ({'; '.join(notes)}): {collapse_rule}"
+        parts.append(note if fmt == "md" else f"% {note}")
+        parts.append("")
     return "\n".join(parts)
 
 
-def _csv(cells: list[dict[str, Any]]) -> str:
+def _csv(cells: list[dict[str, Any]], collapsed: dict[str, tuple[int, int]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["task", "model", "label", "site", "ours_mean", "ours_std", "ours_n", "paper_mean", "paper_std"])
+    writer.writerow(["task", "model", "label", "site", "ours_mean", "ours_std", "ours_n", "paper_mean", "paper_std",
+                     "collapsed_runs"])
     for c in cells:
         ours, paper = c["ours"], c["paper"]
+        done, total = collapsed.get(c["model"], (0, 0))
         writer.writerow([c["task"], c["model"], c["label"], c["site"],
                          "" if ours is None else f"{ours.mean:.6f}",
                          "" if ours is None or ours.std is None else f"{ours.std:.6f}",
                          "" if ours is None else ours.n,
                          "" if paper is None else f"{paper.mean:.3f}",
-                         "" if paper is None or paper.std is None else f"{paper.std:.3f}"])
+                         "" if paper is None or paper.std is None else f"{paper.std:.3f}",
+                         f"{done}/{total}" if total else ""])
     return buf.getvalue()
 
 

@@ -30,7 +30,9 @@ PANCANCER = "PANCANCER"
 @dataclass
 class RunPlan:
     """One validated run: the model entry, the cohort, the canonical site (``PANCANCER`` for a
-    pan-cancer model), the task, the seed, the profile, the weights and the overrides."""
+    pan-cancer model), the task, the seed, the profile, the weights, the overrides, the request's run
+    options (:mod:`models.run_options`, on top of the entry's) and where text embeddings missing from
+    the cohort's cache come from (``text_source``, see :class:`bench.text_cache.TextSource`)."""
 
     entry: ModelEntry
     cohort: Cohort
@@ -41,6 +43,15 @@ class RunPlan:
     weights: str | Path | None = None
     weights_tag: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    run_options: dict[str, Any] = field(default_factory=dict)
+    text_source: Any = None
+
+    def options(self) -> dict[str, Any]:
+        """Every run option this run's regime reads, resolved (defaults, the entry's, the request's)."""
+        try:
+            return self.entry.merged_run_options(self.run_options)
+        except ValueError as err:
+            raise BenchError(f"model {self.entry.name}: {err}") from err
 
     def context(self, n_outputs: int) -> ModelContext:
         """The model context of this run's cohort and profile for a head of ``n_outputs``."""

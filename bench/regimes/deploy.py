@@ -71,8 +71,9 @@ class Deployed(Regime):
         rows = self.inner.evaluate(plan, data, fitted, env)
         deployed = {s: prepare_site(plan.cohort, s, "multitask", plan.entry.modalities, plan.entry.name)
                     for s in self._sites(plan)}
-        probed = deploy_and_probe(fitted.model, deployed)
-        return rows + [Evaluation(s, t, {**probed[s][t], "best_epoch": fitted.best_epoch}, deployed[s])
+        probed = deploy_and_probe(fitted.model, deployed, preprocessing=plan.options().get("probe", "raw"))
+        run_wide = {"best_epoch": fitted.best_epoch, **fitted.extra.get("diagnostics", {})}
+        return rows + [Evaluation(s, t, {**probed[s][t], **run_wide}, deployed[s])
                        for s in deployed for t in ("subtype", "survival")]
 
     def _sites(self, plan: RunPlan) -> list[str]:

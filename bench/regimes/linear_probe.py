@@ -1,5 +1,6 @@
 """The ``linear_probe`` regime (Prov-Gigapath LP, TITAN LP): a frozen encoder's patient embeddings,
-cached per encoder configuration, probed by logistic regression (subtype) or Cox PH (survival)."""
+cached per encoder configuration, probed by logistic regression (subtype) or Cox PH (survival), after
+the run's ``probe`` preprocessing (``raw`` or ``standardized``, :mod:`models.run_options`)."""
 
 from __future__ import annotations
 
@@ -34,5 +35,5 @@ class LinearProbe(Regime):
                                                                  plan.seed, plan.weights_tag))
         if env.force:  # --force recomputes everything, the cached embeddings included
             cache.unlink(missing_ok=True)
-        return [Evaluation(plan.site, plan.task, run_linear_probe(fitted.model, data[plan.site], cache),
-                           data[plan.site])]
+        metrics = run_linear_probe(fitted.model, data[plan.site], cache, preprocessing=plan.options()["probe"])
+        return [Evaluation(plan.site, plan.task, metrics, data[plan.site])]

@@ -50,12 +50,12 @@ class TextDistill(Regime):
     def prepare(self, plan: RunPlan) -> dict[str, SiteData]:
         from bench.runner import ensure_text_cache
 
-        text = ensure_text_cache(plan.cohort, text_encoder(plan))
+        text = ensure_text_cache(plan.cohort, text_encoder(plan), plan.text_source)
         return {s: prepare_site(plan.cohort, s, "multitask", plan.entry.modalities, plan.entry.name,
                                 plan.profile.max_patches_train, text=text) for s in self.training_sites(plan)}
 
     def fit(self, plan: RunPlan, data: dict[str, SiteData], env: RunEnv) -> Fitted:
-        from bench.train.distill import train_distill
+        from bench.train.distill import DistillLoss, train_distill
         from models.modaltune.projection import build_text_projector
 
         text_dim = int(next(iter(data.values())).splits["train"].text.shape[-1])
@@ -65,13 +65,16 @@ class TextDistill(Regime):
             projector = build_text_projector(model.config, text_dim, model.embed_dim, plan.seed)
         except ValueError as err:
             raise BenchError(f"model {plan.entry.name}: {err}") from err
+        options = plan.options()
+        loss = DistillLoss(options["distill_temperature"], options["distill_center"])
         outcome = train_distill(model, projector, data, plan.profile.distill, run_dir=env.run_dir,
-                                loggers=env.loggers, progress=env.progress)
-        return Fitted(model=model, best_epoch=outcome.best_epoch, extra={"metrics": outcome.metrics})
+                                loggers=env.loggers, progress=env.progress, loss=loss, preprocessing=options["probe"])
+        return Fitted(model=model, best_epoch=outcome.best_epoch,
+                      extra={"metrics": outcome.metrics, "diagnostics": outcome.diagnostics})
 
     def evaluate(self, plan: RunPlan, data: dict[str, SiteData], fitted: Fitted, env: RunEnv) -> list[Evaluation]:
-        metrics = fitted.extra["metrics"]
-        return [Evaluation(s, t, {**metrics[s][t], "best_epoch": fitted.best_epoch}, data[s])
+        metrics, diagnostics = fitted.extra["metrics"], fitted.extra["diagnostics"]
+        return [Evaluation(s, t, {**metrics[s][t], "best_epoch": fitted.best_epoch, **diagnostics}, data[s])
                 for s in data for t in ("subtype", "survival")]
 
 

@@ -6,6 +6,11 @@ set excluded; lifelines' Cox
 proportional-hazards model (penalizer 0.1) for survival, whose partial hazard is the risk score.
 Embeddings are computed once per (encoder, weights, cohort) and cached, so a probe costs one
 forward pass per patient.
+
+Preprocessing is one setting shared by every linear-probe row (the ``probe`` run option,
+:mod:`models.run_options`): ``raw`` (the release: the embeddings as they are) or ``standardized``
+(every feature z-scored with the mean and standard deviation of the training patients' embeddings,
+then the same probes). It is applied to the embeddings after the cache, so the cache never depends on it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from bench import metrics as M
 from bench.data.dataset import PatientDataset, SiteData, collate
 from bench.data.features import cache_dir
 from models.base import BenchModel
+from models.run_options import PROBE_PREPROCESSING
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +86,26 @@ def cached_embeddings(model: BenchModel, datasets: dict[str, PatientDataset], pa
     return {s: np.stack([cached[c] for c in ds.case_ids]) for s, ds in datasets.items()}
 
 
-def probe_subtype(x: dict[str, np.ndarray], data: SiteData, splits: tuple[str, ...] = ("val", "test")) -> dict[str, float]:
-    """Fit logistic regression on the training embeddings; balanced accuracy and AUC of ``splits``."""
+def preprocess(x: dict[str, np.ndarray], preprocessing: str = "raw") -> dict[str, np.ndarray]:
+    """The probes' features: ``x`` as it is (``raw``), or every feature z-scored with the mean and
+    standard deviation (ddof 0) of ``x["train"]`` (``standardized``; a constant feature is centred only)."""
+    if preprocessing == "raw":
+        return x
+    if preprocessing != "standardized":
+        raise ValueError(f"unknown probe preprocessing {preprocessing!r}; expected one of {PROBE_PREPROCESSING}")
+    train = np.asarray(x["train"], dtype=np.float64)
+    mean, std = train.mean(axis=0), train.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    return {split: ((np.asarray(v, dtype=np.float64) - mean) / std).astype(np.float32) for split, v in x.items()}
+
+
+def probe_subtype(x: dict[str, np.ndarray], data: SiteData, splits: tuple[str, ...] = ("val", "test"),
+                  preprocessing: str = "raw") -> dict[str, float]:
+    """Fit logistic regression on the (preprocessed) training embeddings; balanced accuracy and AUC of ``splits``."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
 
+    x = preprocess(x, preprocessing)
     y = {s: data.splits[s].labels for s in x}
     keep = y["train"] >= 0
     clf = LogisticRegression(**LOGREG)
@@ -99,11 +120,12 @@ def probe_subtype(x: dict[str, np.ndarray], data: SiteData, splits: tuple[str, .
     return out
 
 
-def probe_survival(x: dict[str, np.ndarray], data: SiteData) -> dict[str, float]:
-    """Fit a penalised Cox model on the training embeddings; val/test C-index (risk = partial hazard)."""
+def probe_survival(x: dict[str, np.ndarray], data: SiteData, preprocessing: str = "raw") -> dict[str, float]:
+    """Fit a penalised Cox model on the (preprocessed) training embeddings; val/test C-index (risk = partial hazard)."""
     from lifelines import CoxPHFitter
     from lifelines.exceptions import ConvergenceError
 
+    x = preprocess(x, preprocessing)
     train = data.splits["train"]
     frame = pd.DataFrame(x["train"], columns=[f"e{i}" for i in range(x["train"].shape[1])])
     frame["time"], frame["event"] = train.months.astype(float), train.events.astype(int)
@@ -125,9 +147,11 @@ def probe_survival(x: dict[str, np.ndarray], data: SiteData) -> dict[str, float]
     return out
 
 
-def run_linear_probe(model: BenchModel, data: SiteData, cache_path: Path) -> dict[str, float]:
-    """Embed (cached) and probe for ``data.task``; returns val_/test_ metrics."""
+def run_linear_probe(model: BenchModel, data: SiteData, cache_path: Path, preprocessing: str = "raw") -> dict[str, float]:
+    """Embed (cached) and probe for ``data.task`` with ``preprocessing``; returns val_/test_ metrics."""
     for p in model.parameters():
         p.requires_grad_(False)
     x = cached_embeddings(model, data.splits, cache_path)
-    return probe_subtype(x, data) if data.task == "subtype" else probe_survival(x, data)
+    if data.task == "subtype":
+        return probe_subtype(x, data, preprocessing=preprocessing)
+    return probe_survival(x, data, preprocessing=preprocessing)

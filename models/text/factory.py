@@ -28,9 +28,9 @@ import torch
 from models.text.base import TextEncoder
 from models.text.bow import BowEncoder
 from models.text.conch import ConchEncoder
-from models.text.hf import HFEncoder
+from models.text.hf import HFEncoder, hf_cache_name
 
-__all__ = ["ENCODER_SPECS", "build_text_encoder"]
+__all__ = ["ENCODER_SPECS", "build_text_encoder", "encoder_cache_name"]
 
 ENCODER_SPECS = ("bow", "conch", "hf:DIR")
 
@@ -48,4 +48,15 @@ def build_text_encoder(spec: str, *, weights: str | Path | None = None, tokenize
         return ConchEncoder(weights, tokenizer, heads=heads, device=device)
     if spec.startswith("hf:") and len(spec) > 3:
         return HFEncoder(spec[3:], device=device)
+    raise ValueError(f"unknown text encoder {spec!r}; valid: {', '.join(ENCODER_SPECS)}")
+
+
+def encoder_cache_name(spec: str) -> str:
+    """The name under which the encoder ``spec`` caches a cohort's embeddings (``text/<name>.pt``) and
+    which a ModalTune's ``text_encoder`` setting names: ``bow``, ``conch``, or ``hf-<directory name>``
+    for ``hf:DIR``. An unknown spec is a ValueError listing the valid ones."""
+    if spec in ("bow", "conch"):
+        return spec
+    if spec.startswith("hf:") and len(spec) > 3:
+        return hf_cache_name(spec[3:])
     raise ValueError(f"unknown text encoder {spec!r}; valid: {', '.join(ENCODER_SPECS)}")

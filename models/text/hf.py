@@ -58,7 +58,7 @@ class HFEncoder(TextEncoder):
         self.batch_size = batch_size
         self.max_length = max_length
         self.dim = int(self.model.config.hidden_size)
-        self.name = "hf-" + re.sub(r"[^A-Za-z0-9._-]+", "_", model_dir.resolve().name)
+        self.name = hf_cache_name(model_dir)
         self.label = f"{model_dir.name} (transformers, mean-pooled, {self.dim}-d)"
 
     def _embed(self, texts: Sequence[str]) -> torch.Tensor:
@@ -66,6 +66,12 @@ class HFEncoder(TextEncoder):
                              return_tensors="pt").to(self.device)
         hidden = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
         return mean_pool(hidden.float(), enc["attention_mask"])
+
+
+def hf_cache_name(model_dir: str | Path) -> str:
+    """The name an ``hf:DIR`` encoder's embeddings are cached under: ``hf-<directory name>`` (characters
+    outside ``[A-Za-z0-9._-]`` replaced by ``_``)."""
+    return "hf-" + re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model_dir).resolve().name)
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
