@@ -75,18 +75,22 @@ def test_loss_floor_and_centring() -> None:
     expected = distillation_loss(z, torch.nn.functional.normalize(y, dim=-1) - centred.target_mean)
     assert torch.allclose(centred(z, y), expected)
     assert not torch.allclose(centred(z, y), loss(z, y))
+    shared = y[:1].expand(6, 3, 16) + 0.01 * torch.randn(6, 3, 16)  # targets that differ little between patients
+    centred.target_mean = torch.nn.functional.normalize(shared, dim=-1).mean(0)
+    assert float(centred.floor(shared, shared)) > 100 * float(loss.floor(shared, shared))  # what differs, at full scale
     cold = DistillLoss(temperature=0.07)
     assert torch.allclose(cold(z, y), distillation_loss(z, y, 0.07)) and not torch.allclose(cold(z, y), loss(z, y))
     with pytest.raises(RuntimeError, match="TargetCentring"):
         DistillLoss(center=True)(z, y)
 
 
-@pytest.mark.parametrize(("std_ratio", "cosine", "collapsed"), [
-    (1.0, 0.5, False), (0.49, 0.5, True), (1.0, 0.09, True), (0.5, 0.1, False), (math.nan, 0.5, True)])
-def test_collapse_rule(std_ratio: float, cosine: float, collapsed: bool) -> None:
+@pytest.mark.parametrize(("cosine", "floor_ratio", "collapsed"), [
+    (0.17, 0.86, False), (0.1, 0.999, False), (0.09, 0.5, True), (0.3, 1.0, True), (0.014, 1.006, True),
+    (math.nan, 0.5, True), (0.5, math.nan, True)])
+def test_collapse_rule(cosine: float, floor_ratio: float, collapsed: bool) -> None:
     from bench.train.collapse import is_collapsed
 
-    assert is_collapsed(std_ratio, cosine) is collapsed
+    assert is_collapsed(cosine, floor_ratio) is collapsed
 
 
 def test_diagnostics_are_logged_per_epoch_and_stored(capsys, rcc_cohort: Path, tmp_path: Path) -> None:
@@ -102,7 +106,8 @@ def test_diagnostics_are_logged_per_epoch_and_stored(capsys, rcc_cohort: Path, t
     assert metrics["diag_val_kl_floor"] > 0
     from bench.train.collapse import is_collapsed
 
-    assert metrics["collapsed"] == float(is_collapsed(metrics["diag_std_ratio"], metrics["diag_centered_cosine"]))
+    assert metrics["collapsed"] == float(is_collapsed(metrics["diag_centered_cosine"], metrics["diag_kl_floor_ratio"]))
+    assert metrics["diag_kl_floor_ratio"] == pytest.approx(metrics["diag_val_kl"] / metrics["diag_val_kl_floor"])
     with ResultStore(store) as s:
         rows = s.get(out["runs"][0]["run_id"])
     assert all(r.metrics["collapsed"] == metrics["collapsed"] for r in rows)

@@ -84,13 +84,14 @@ class DistillLoss:
         self.target_mean: torch.Tensor | None = None
 
     def targets(self, text_targets: torch.Tensor) -> torch.Tensor:
-        """The targets the KL divergence compares with: L2-normalised, centred when ``center``."""
+        """The targets the KL divergence compares with: L2-normalised; when ``center``, minus the mean
+        target and L2-normalised again (the patient-specific part, at the scale of a whole target)."""
         y = F.normalize(text_targets.float(), dim=-1)
         if not self.center:
             return y
         if self.target_mean is None:
             raise RuntimeError("centred distillation needs the training targets' mean (TargetCentring)")
-        return y - self.target_mean.to(y.device)
+        return F.normalize(y - self.target_mean.to(y.device), dim=-1)
 
     def __call__(self, task_embeddings: torch.Tensor, text_targets: torch.Tensor) -> torch.Tensor:
         return distillation_loss(task_embeddings, self.targets(text_targets), self.temperature)
@@ -274,13 +275,14 @@ class CollapseDiagnostics(L.Callback):
 
     def summary(self) -> dict[str, float]:
         """The last epoch's diagnostics (``diag_*``), their values before training (``diag_*_init``), the
-        spread's ratio ``diag_std_ratio`` and the :func:`is_collapsed` flag ``collapsed`` (1.0 / 0.0)."""
+        spread's ratio ``diag_std_ratio`` and the :func:`~bench.train.collapse.is_collapsed` flag
+        ``collapsed`` (1.0 / 0.0) of the last epoch's centred cosine and loss-to-floor ratio."""
         final = self.history[-1] if self.history else self.initial
         out = {f"diag_{k}": v for k, v in final.items()}
         out.update({f"diag_{k}_init": v for k, v in self.initial.items()})
         init_std = self.initial.get("general_std", math.nan)
         out["diag_std_ratio"] = final["general_std"] / init_std if init_std > 0 else math.nan
-        out["collapsed"] = float(is_collapsed(out["diag_std_ratio"], final["centered_cosine"]))
+        out["collapsed"] = float(is_collapsed(final["centered_cosine"], final["kl_floor_ratio"]))
         return out
 
 
@@ -328,10 +330,11 @@ def train_distill(model: torch.nn.Module, projector: torch.nn.Module, sites: dic
     metrics = deploy_and_probe(model, {**sites, **(deploy or {})}, preprocessing)
     summary = {**diagnostics.summary(), "init_val_balanced_accuracy": selection.init_score}
     if summary["collapsed"]:
-        log.warning("the %s distillation ended collapsed (%s): the general embedding's spread across patients is "
-                    "%.3g of its initial value and the patient-specific parts of student and teacher have cosine "
-                    "%.3g; its probes read little more than the untrained model's features",
-                    "+".join(sites), COLLAPSE_RULE, summary["diag_std_ratio"], summary["diag_centered_cosine"])
+        log.warning("the %s distillation ended collapsed (%s): the patient-specific parts of student and teacher "
+                    "have cosine %.3g and the validation loss is %.3g x the loss of predicting the mean target for "
+                    "everyone (the general embedding's spread across patients: %.3g x its value before training)",
+                    "+".join(sites), COLLAPSE_RULE, summary["diag_centered_cosine"], summary["diag_kl_floor_ratio"],
+                    summary["diag_std_ratio"])
     return DistillOutcome(metrics=metrics, best_epoch=selection.best_epoch, val_history=selection.history,
                           diagnostics=summary)
 
