@@ -12,7 +12,8 @@ late-fusion code of the SurvPath / MCAT baselines (mahmoodlab/SurvPath ``models/
 - :class:`KroneckerFusion` — PathomicFusion's gated ``BilinearFusion`` (mahmoodlab/PathomicFusion
   ``fusion.py``): each modality passes a gated unit, both gated vectors are extended by a constant
   1 and their outer (Kronecker) product — unimodal terms and all pairwise products — is encoded by
-  two ReLU layers. Its defaults are PathomicFusion's ``options.py`` defaults (143,744 parameters).
+  two ReLU layers. Its defaults are PathomicFusion's ``options.py`` defaults (143,744 parameters);
+  the fused models build it as SurvPath instantiates its copy (:class:`LateFusionConfig`).
 
 :class:`LateFusion` wraps any WSI :class:`~models.base.BenchModel` exposing ``forward_features``
 and ``embed_dim`` (ABMIL, TransMIL here; the slide encoders later) with a Gene Mixer and one of the
@@ -102,8 +103,10 @@ class KroneckerFusion(nn.Module):
 
     Defaults are PathomicFusion's ``options.py`` defaults (``dim 32``, ``mmhid 64``, bilinear gates,
     no skip, dropout 0.25): 143,744 parameters. ``gated_dim*`` are ``dim / scale_dim*`` in the
-    reference. Linear layers start as in PathomicFusion's ``init_max_weights`` (normal with std
-    ``1/sqrt(fan_in)``, zero bias).
+    reference. ``max_init``: Linear layers start as in PathomicFusion's ``init_max_weights``
+    (normal with std ``1/sqrt(fan_in)``, zero bias), which its ``BilinearFusion`` applies in its
+    constructor; SurvPath's copy of the class (``models/model_utils.py``) drops that call, so its
+    layers keep PyTorch's default initialisation (``max_init=False``).
     """
 
     def __init__(
@@ -116,6 +119,7 @@ class KroneckerFusion(nn.Module):
         bilinear_gate: bool = True,
         skip: bool = False,
         dropout: float = 0.25,
+        max_init: bool = True,
     ) -> None:
         super().__init__()
         g1 = dim1 if gated_dim1 is None else gated_dim1
@@ -130,10 +134,13 @@ class KroneckerFusion(nn.Module):
         self.encoder1 = nn.Sequential(nn.Linear((g1 + 1) * (g2 + 1), mmhid), nn.ReLU(), nn.Dropout(dropout))
         skip_dim = g1 + g2 + 2 if skip else 0
         self.encoder2 = nn.Sequential(nn.Linear(mmhid + skip_dim, mmhid), nn.ReLU(), nn.Dropout(dropout))
-        self._init_max_weights()
+        if max_init:
+            self._init_max_weights()
 
     @torch.no_grad()
     def _init_max_weights(self) -> None:
+        """PathomicFusion's ``init_max_weights``: every ``nn.Linear`` (not the bilinear gates) gets
+        weights ``N(0, 1/fan_in)`` and zero bias."""
         for module in self.modules():
             if type(module) is nn.Linear:
                 module.weight.normal_(0.0, 1.0 / math.sqrt(module.weight.shape[1]))
@@ -162,22 +169,30 @@ class LateFusionConfig:
     ``gated_dim``: width of each modality's gated vector in KP (SurvPath: 256 / ``scale_dim`` 8),
     whatever the WSI width (TransMIL's 512 is gated down to 32 as well, i.e. ``scale_dim1`` 16);
     ``bilinear_gate``: gate with ``nn.Bilinear`` (PathomicFusion) or a linear map of ``[v1, v2]``
-    (SurvPath's port, the configuration its ``fusion="bilinear"`` baselines instantiate).
+    (SurvPath's port, the configuration its ``fusion="bilinear"`` baselines instantiate);
+    ``max_init``: PathomicFusion's ``init_max_weights`` (False: SurvPath's port, which keeps
+    PyTorch's default initialisation).
     """
 
     hidden: int = 256
     gated_dim: int = 32
     bilinear_gate: bool = False
     dropout: float = 0.25
+    max_init: bool = False
 
     @classmethod
     def for_profile(cls, profile: str) -> LateFusionConfig:
-        """Paper widths, or ``small`` (hidden 64, gated 8) / ``tiny`` (hidden 32, gated 8; narrower
-        KP heads train unreliably, half the seeds of a planted-interaction fit stall)."""
+        """Paper widths, or a narrower ``hidden`` for ``small`` (64) / ``tiny`` (32).
+
+        The KP gated vectors keep the reference's width (32) in every profile. Gated down to 8, a
+        modality kept only two or three live ReLU units (its embedding is dominated by a component
+        shared by all patients, so a unit tends to be on or off for every patient alike) and
+        TransMIL (KP) stayed at chance (AUC 0.53) through a tiny-profile fit.
+        """
         if profile == "small":
-            return cls(hidden=64, gated_dim=8)
+            return cls(hidden=64)
         if profile == "tiny":
-            return cls(hidden=32, gated_dim=8)
+            return cls(hidden=32)
         if profile == "paper":
             return PAPER_LATE_FUSION
         raise ValueError(f"unknown profile {profile!r}; valid: {PROFILES}")
@@ -189,13 +204,14 @@ class LateFusionConfig:
         if kind == "kp":
             return KroneckerFusion(
                 dim1, dim2, gated_dim1=self.gated_dim, gated_dim2=self.gated_dim, mmhid=self.hidden,
-                bilinear_gate=self.bilinear_gate, dropout=self.dropout,
+                bilinear_gate=self.bilinear_gate, dropout=self.dropout, max_init=self.max_init,
             )
         raise ValueError(f"unknown fusion {kind!r}; valid: {FUSION_KINDS}")
 
 
 #: SurvPath's late-fusion instantiation: cat ``Linear(512, 256)`` + ``Linear(256, 256)``; KP
-#: ``BilinearFusion(dim1=256, dim2=256, scale_dim1=8, scale_dim2=8, mmhid=256)`` (linear gates).
+#: ``BilinearFusion(dim1=256, dim2=256, scale_dim1=8, scale_dim2=8, mmhid=256)`` (linear gates, no
+#: skip, dropout 0.25, PyTorch's default initialisation).
 PAPER_LATE_FUSION = LateFusionConfig()
 
 
@@ -252,8 +268,8 @@ def abmil_cat(ctx: ModelContext) -> LateFusion:
 def abmil_kp(ctx: ModelContext) -> LateFusion:
     """ABMIL (KP): gated Kronecker-product fusion of the ABMIL and Gene Mixer embeddings, then head.
 
-    Profiles: ABMIL keeps its reference widths; the Gene Mixer narrows to 64 / 16, ``mmhid`` to
-    64 / 32 and the gated vectors from 32 to 8 (``small`` / ``tiny``).
+    Profiles: ABMIL keeps its reference widths; the Gene Mixer narrows to 64 / 16 and ``mmhid`` to
+    64 / 32 (``small`` / ``tiny``); the gated vectors stay 32 wide.
     """
     return build_late_fusion(ctx, build_abmil, "kp")
 
@@ -272,7 +288,7 @@ def transmil_cat(ctx: ModelContext) -> LateFusion:
 def transmil_kp(ctx: ModelContext) -> LateFusion:
     """TransMIL (KP): gated Kronecker-product fusion of the TransMIL and Gene Mixer embeddings, head.
 
-    Profiles: TransMIL narrows as its own builder documents; the Gene Mixer narrows to 64 / 16,
-    ``mmhid`` to 64 / 32 and the gated vectors from 32 to 8 (``small`` / ``tiny``).
+    Profiles: TransMIL narrows as its own builder documents; the Gene Mixer narrows to 64 / 16 and
+    ``mmhid`` to 64 / 32 (``small`` / ``tiny``); the gated vectors stay 32 wide.
     """
     return build_late_fusion(ctx, build_transmil, "kp")

@@ -150,3 +150,19 @@ def titan_cat(ctx: ModelContext) -> BenchModel:
 def titan_kp(ctx: ModelContext) -> BenchModel:
     """TITAN (KP): tuned TITAN slide embedding and Gene Mixer embedding fused by the gated Kronecker head."""
     return build_late_fusion(ctx, _tuned_titan_wsi, "kp")
+
+
+@register_model("titan_cat_cls", label="TITAN Cls. (cat)", modalities=("wsi", "rna"), tasks=("multitask",),
+                regime="transfer", source_task="subtype", paper_context=_TITAN_FUSION_PAPER)
+def titan_cat_cls(ctx: ModelContext) -> BenchModel:
+    """TITAN Cls. (cat): TITAN (cat) tuned for BRCA subtyping, deployed out of distribution (Table 11) by the
+    rule that deploys Prov-Gigapath Cls. (cat): its embedding is linear-probed on COADREAD / BLCA."""
+    return build_late_fusion(ctx, _tuned_titan_wsi, "cat")
+
+
+@register_model("titan_cat_surv", label="TITAN Surv. (cat)", modalities=("wsi", "rna"), tasks=("multitask",),
+                regime="transfer", source_task="survival", paper_context=_TITAN_FUSION_PAPER)
+def titan_cat_surv(ctx: ModelContext) -> BenchModel:
+    """TITAN Surv. (cat): TITAN (cat) tuned for BRCA survival, deployed out of distribution (Table 11) by the
+    rule that deploys Prov-Gigapath Surv. (cat): its embedding is linear-probed on COADREAD / BLCA."""
+    return build_late_fusion(ctx, _tuned_titan_wsi, "cat")

@@ -22,7 +22,7 @@ from models.names import ProfileName, RegimeName, Task
 
 # Part of every run id: bump it with any change to a model, a regime or the data pipeline that changes
 # results, so that stored results of the old code are not served as cached results of the new.
-CODE_VERSION = "0.1.0"
+CODE_VERSION = "0.2.0"
 
 
 class DistillSettings(BaseModel):

@@ -6,11 +6,12 @@ from pathlib import Path
 
 from bench.config import get_profile
 from bench.errors import BenchError
-from bench.grids import get_grid
+from bench.grids import GRIDS, GridSpec, get_grid
 from bench.registry import all_models
 from bench.results import ResultStore, store_path
 from bench.train.collapse import COLLAPSE_RULE
-from reports.tables import TableRow, render
+from models.paper.reference import delta_reference, published_deltas
+from reports.tables import DeltaRow, TableRow, render, render_deltas
 
 
 def render_table(table: str, *, store: str | Path | None = None, profile: str | None = None, fmt: str = "md") -> str:
@@ -43,10 +44,34 @@ def render_table(table: str, *, store: str | Path | None = None, profile: str | 
     not_registered = [label for name, label in grid.rows if name not in registry]
     if not_registered:
         header.append(f"not yet implemented here (—): {', '.join(not_registered)}")
+    deltas = delta_rows(grid)
+    if deltas:
+        header.append(f"the paper publishes {delta_reference(grid.name)}'s Overall only; the other rows as changes "
+                      "relative to a reference row, in its text (the last table: ours beside those)")
     shown = [r for r in rows if r.model in {name for name, _ in grid.rows}]
     header.extend(evaluation_lines(shown))
-    return render(table_rows, grid.sites, rows, table_key=grid.name, title=grid.title, header_lines=header, fmt=fmt,
+    text = render(table_rows, grid.sites, rows, table_key=grid.name, title=grid.title, header_lines=header, fmt=fmt,
                   overall=grid.overall, collapse_rule=COLLAPSE_RULE)
+    return text + render_deltas(deltas, grid.sites, rows, fmt=fmt) if deltas else text
+
+
+def delta_rows(grid: GridSpec) -> list[DeltaRow]:
+    """The rows of ``grid`` the paper reports as relative changes (Table 8's ablations), each with the
+    row it is compared with: the one its text names, else the table's reference row (ModalTune). A
+    reference row outside ``grid`` (ABMIL (cat), Prov-Gigapath (Tuned)) is found by its label in the
+    other tables, so its runs there are reused."""
+    default = delta_reference(grid.name)
+    if default is None:
+        return []
+    published = published_deltas(grid.name)
+    names = {label: name for g in [grid, *GRIDS.values()] for name, label in reversed(g.rows)}
+    out = []
+    for name, label in grid.rows:
+        if label == default:
+            continue
+        reference, changes = published.get(label, (default, {}))
+        out.append(DeltaRow(name, label, names[reference], reference, changes))
+    return out
 
 
 def _setting_line(what: str, values: dict[str, set[str]], describe: dict[str, str]) -> str:

@@ -169,3 +169,79 @@ def _csv(cells: list[dict[str, Any]], collapsed: dict[str, tuple[int, int]]) -> 
                          "" if paper is None or paper.std is None else f"{paper.std:.3f}",
                          f"{done}/{total}" if total else ""])
     return buf.getvalue()
+
+
+NOT_PUBLISHED = "not published"
+DELTA_NOTE = ("The paper reports these rows as changes of the Overall figure relative to the reference row "
+              "(Δ = row / reference - 1), not as points: its \"+4.6 %\" of ModalTune over Prov-Gigapath (Tuned) "
+              "is 0.954 / 0.912 - 1 (the difference is 4.2 points) and its Pan-Cancer \"-2.8 %\" / \"-3.0 %\" are "
+              "0.927 / 0.954 - 1 and 0.727 / 0.750 - 1. Ours are computed the same way from our Overall means. "
+              "— = a row (or its reference) not run on every site; not published = the paper gives no figure.")
+
+
+@dataclass(frozen=True)
+class DeltaRow:
+    """A row rendered as its change relative to ``reference`` (registry names), beside the paper's
+    reported changes ``paper`` (task -> relative change; a task absent is not published)."""
+
+    name: str
+    label: str
+    reference: str
+    reference_label: str
+    paper: dict[str, float]
+
+
+def overall_mean(ours: dict[tuple[str, str], Stat], model: str, sites: Sequence[str]) -> float | None:
+    """The mean over ``sites`` of ``model``'s per-site means (the table's Overall), None unless every site ran."""
+    means = [ours[(model, s)].mean for s in sites if (model, s) in ours]
+    return float(np.mean(means)) if len(means) == len(sites) and means else None
+
+
+def relative_changes(deltas: Sequence[DeltaRow], sites: Sequence[str], results: list[Any],
+                     tasks: Sequence[str] = ("subtype", "survival")) -> list[dict[str, Any]]:
+    """One dict per (task, delta row): ours ``row / reference - 1`` on the Overall means (None where
+    either is missing or the reference is 0) beside the paper's reported change (None: not published)."""
+    cells = []
+    for task in tasks:
+        ours = aggregate(results, task)
+        for d in deltas:
+            row, ref = overall_mean(ours, d.name, sites), overall_mean(ours, d.reference, sites)
+            change = row / ref - 1.0 if row is not None and ref else None
+            cells.append({"task": task, "model": d.name, "label": d.label, "reference": d.reference,
+                          "reference_label": d.reference_label, "ours": change, "paper": d.paper.get(task)})
+    return cells
+
+
+def _fmt_change(value: float | None, empty: str) -> str:
+    if value is None:
+        return empty
+    if math.isnan(value):
+        return "NaN"
+    return f"{100.0 * value:+.1f} %"
+
+
+def render_deltas(deltas: Sequence[DeltaRow], sites: Sequence[str], results: list[Any], *, fmt: str = "md",
+                  tasks: Sequence[str] = ("subtype", "survival")) -> str:
+    """Each delta row's relative change vs its reference, ours beside the paper's, with the note
+    saying what the paper's percentages are; ``csv`` gives long-format rows (site ``delta_vs_<ref>``)
+    in the columns of :func:`render`'s CSV, without its header."""
+    cells = relative_changes(deltas, sites, results, tasks)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        for c in cells:
+            writer.writerow([c["task"], c["model"], c["label"], f"delta_vs_{c['reference']}",
+                             "" if c["ours"] is None else f"{c['ours']:.6f}", "", "",
+                             "" if c["paper"] is None else f"{c['paper']:.3f}", ""])
+        return buf.getvalue()
+    by_key = {(c["task"], c["model"]): c for c in cells}
+    body = [[d.label, d.reference_label] + [f"{_fmt_change(by_key[(t, d.name)]['ours'], DASH)} / "
+                                            f"{_fmt_change(by_key[(t, d.name)]['paper'], NOT_PUBLISHED)}"
+                                            for t in tasks] for d in deltas]
+    headers = ["Row", "relative to"] + [f"{t}: ours / paper" for t in tasks]
+    title = "Change vs the reference row (Overall, relative: row / reference - 1)"
+    if fmt == "md":
+        return "\n".join([f"\n### {title}\n", tabulate(body, headers=headers, tablefmt="github", disable_numparse=True),
+                          "", f"> {DELTA_NOTE}", ""])
+    return "\n".join([f"% {title}", tabulate(body, headers=headers, tablefmt="latex_booktabs", disable_numparse=True),
+                      f"% {DELTA_NOTE}", ""])

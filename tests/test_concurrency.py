@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tqdm.auto import tqdm
 from dying_worker import worker_that_dies
 
 from bench import results as results_mod
@@ -51,8 +52,7 @@ def _insert_claim(store: Path, run_id: str, *, pid: int, host: str | None = None
     """A claim as another process would have left it; returns its owner."""
     host = host or socket.gethostname()
     owner = f"{host}:{pid}:test"
-    with ResultStore(store):  # creates the tables
-        pass
+    ResultStore(store).close()  # creates the tables
     with sqlite3.connect(store) as conn:
         conn.execute("INSERT INTO claims VALUES (?,?,?,?,?,?)",
                      (run_id, owner, host, pid, time.time() - age_s, time.time() - age_s))
@@ -236,14 +236,9 @@ def test_a_failing_cell_does_not_stop_the_grid(capsys, rcc_cohort: Path, tmp_pat
     assert _claims(store) == [], "a failed run must release its claim"
 
 
-class _Bar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-
 def test_a_dead_worker_process_fails_only_its_run() -> None:
     requests = [{"n": n, "die": n == 1, "model": "m", "site": "S", "task": "t", "seed": n} for n in range(4)]
-    results, errors = _run_requests(requests, 2, _Bar(), worker=worker_that_dies)
+    results, errors = _run_requests(requests, 2, tqdm(disable=True), worker=worker_that_dies)
     assert set(errors) == {1} and "worker process died" in errors[1]
     assert {i: r["n"] for i, r in results.items()} == {0: 0, 2: 2, 3: 3}
 

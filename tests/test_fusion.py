@@ -235,6 +235,46 @@ def test_profiles():
         PAPER_LATE_FUSION.build("sum", 4, 4)
 
 
+@pytest.mark.parametrize("profile", ["tiny", "small", "paper"])
+def test_kp_gated_vectors_keep_the_reference_width(profile):
+    """Narrowed profiles narrow ``mmhid`` only: the gated vectors stay 32 wide (SurvPath 256 / 8,
+    PathomicFusion's ``dim`` 32) whatever the input widths, so the Kronecker product has 33 x 33 terms."""
+    config = LateFusionConfig.for_profile(profile)
+    for wsi_dim, rna_dim in [(256, 64), (64, 16), (512, 256)]:
+        fusion = config.build("kp", wsi_dim, rna_dim)
+        assert fusion.gated_dims == (32, 32)
+        assert fusion.encoder1[0].in_features == 33 * 33
+        assert fusion.out_dim == config.hidden
+
+
+def _linear_layers(module: nn.Module) -> list[nn.Linear]:
+    return [m for m in module.modules() if type(m) is nn.Linear]
+
+
+def test_pathomicfusion_defaults_start_from_init_max_weights():
+    """PathomicFusion's ``BilinearFusion`` calls ``init_max_weights``: N(0, 1/fan_in), zero bias."""
+    torch.manual_seed(0)
+    fusion = KroneckerFusion()
+    for layer in _linear_layers(fusion):
+        assert torch.all(layer.bias == 0)
+    encoder1 = fusion.encoder1[0].weight  # 64 x 1089 samples of N(0, 1/1089)
+    assert encoder1.std().item() == pytest.approx(1 / 33, rel=0.02)
+
+
+def test_survpath_configuration_keeps_the_default_initialisation():
+    """SurvPath's copy of ``BilinearFusion`` drops ``init_max_weights``: PyTorch's default
+    U(+-1/sqrt(fan_in)) weights (std 1/sqrt(3 fan_in)) and non-zero biases."""
+    for profile in ("tiny", "small", "paper"):
+        torch.manual_seed(0)
+        fusion = LateFusionConfig.for_profile(profile).build("kp", 256, 64)
+        for layer in _linear_layers(fusion):
+            bound = 1 / layer.in_features**0.5
+            assert layer.bias.abs().max() <= bound and layer.bias.abs().max() > 0
+            assert layer.weight.abs().max() <= bound
+        encoder1 = fusion.encoder1[0].weight
+        assert encoder1.std().item() == pytest.approx(1 / (3 * 33 * 33) ** 0.5, rel=0.03)
+
+
 @pytest.mark.parametrize("kind", ["cat", "kp"])
 def test_survival_loss_reaches_both_encoders(kind):
     model = _tiny_fused(kind, n_outputs=4)

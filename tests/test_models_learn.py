@@ -21,12 +21,8 @@ from bench.registry import get_model
 from bench.runner import model_context
 from bench.train.supervised import train_supervised
 
-KP_STALLS = pytest.mark.xfail(strict=True, reason=(
-    "known issue, open: the gated Kronecker head's fused embedding varies little across patients at "
-    "initialisation (std ~0.015 with PathomicFusion's init_max_weights); on top of TransMIL at tiny widths it "
-    "stays at chance for 4 epochs (at the small profile it is unstable: NSCLC 0.74 +- 0.21)"))
 MODELS = ["abmil", "transmil", "mlp", "snn", "smlp", "genemixer", "mcat", "survpath", "abmil_cat", "abmil_kp",
-          "transmil_cat", pytest.param("transmil_kp", marks=KP_STALLS)]
+          "transmil_cat", "transmil_kp"]
 PROFILE = PROFILES["tiny"].model_copy(update={"epochs": 4, "batch_size": 16, "max_patches_train": 64})
 
 

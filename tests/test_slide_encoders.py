@@ -58,7 +58,8 @@ def build_on_meta(name: str, ctx: ModelContext) -> torch.nn.Module:
 def test_every_encoder_has_comparison_rows_and_modaltune():
     assert rows_of("gigapath") == ["gigapath_cat", "gigapath_cat_cls", "gigapath_cat_surv", "gigapath_kp",
                                    "gigapath_lp", "gigapath_tuned", "modaltune"]
-    assert rows_of("titan") == ["titan_cat", "titan_kp", "titan_lp", "titan_tuned", "modaltune_titan"]
+    assert rows_of("titan") == ["titan_cat", "titan_cat_cls", "titan_cat_surv", "titan_kp", "titan_lp", "titan_tuned",
+                                "modaltune_titan"]
 
 
 @pytest.mark.parametrize("encoder", SLIDE_ENCODERS)

@@ -14,8 +14,14 @@ class LinearProbe(Regime):
     name = "linear_probe"
 
     def prepare(self, plan: RunPlan) -> dict[str, SiteData]:
+        text = None
+        if "text" in plan.entry.modalities:  # Table 7's probes of the text embeddings themselves
+            from bench.regimes.text_distill import text_encoder
+            from bench.runner import ensure_text_cache
+
+            text = ensure_text_cache(plan.cohort, text_encoder(plan))
         return {plan.site: prepare_site(plan.cohort, plan.site, plan.task, plan.entry.modalities, plan.entry.name,
-                                        plan.profile.max_patches_train)}
+                                        plan.profile.max_patches_train, text=text)}
 
     def fit(self, plan: RunPlan, data: dict[str, SiteData], env: RunEnv) -> Fitted:
         L.seed_everything(plan.seed, workers=True, verbose=False)
