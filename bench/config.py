@@ -75,7 +75,7 @@ PROFILES: dict[str, Profile] = {
                     distill=DistillSettings(epochs=6, lr=1e-3, weight_decay=5e-4, warmup_epochs=1, batch_size=4)),
     "small": Profile(name="small", scale="small", narrowed=True, epochs=4, batch_size=16, lr=1e-3, weight_decay=1e-5,
                      warmup_epochs=0, alpha_surv=0.5, max_patches_train=48, threads=1, grid_jobs=2,
-                     distill=DistillSettings(epochs=10, lr=5e-4, weight_decay=5e-4, warmup_epochs=1, batch_size=16)),
+                     distill=DistillSettings(epochs=12, lr=2e-3, weight_decay=5e-4, warmup_epochs=1, batch_size=16)),
     "paper": Profile(name="paper", scale="paper", narrowed=False, epochs=20, batch_size=1, lr=1e-4, weight_decay=1e-5,
                      warmup_epochs=1, alpha_surv=0.5, max_patches_train=4096, threads=None, grid_jobs=1,
                      distill=DistillSettings(epochs=30, lr=1e-4, weight_decay=5e-4, warmup_epochs=10, batch_size=1)),
