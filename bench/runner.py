@@ -189,7 +189,7 @@ def check_text_request(req: RunRequest, entry: ModelEntry) -> None:
         return
     if entry.regime != "text_distill":
         raise BenchError(f"--text-encoder / --text-weights choose the text a ModalTune (text_distill) model distils; "
-                         f"model {entry.name} is trained by the {entry.regime} regime and reads no text")
+                         f"model {entry.name} is a {entry.regime} model and takes no text encoder")
     if req.text_weights is not None and req.text_spec != "conch":
         raise BenchError(f"--text-weights is read by --text-encoder conch only, not {req.text_spec or 'the default'!r}; "
                          "add --text-encoder conch or drop --text-weights")

@@ -243,7 +243,7 @@ def test_text_encoder_option_is_checked_and_enters_the_run_id(capsys, rcc_cohort
     assert "--text-weights is read by --text-encoder conch only" in capsys.readouterr().err
     assert main(["run", "--model", "abmil", "--site", "rcc", "--task", "subtype", "--profile", "tiny", "--cohort",
                  str(rcc_cohort), "--text-encoder", "conch"]) == 2
-    assert "reads no text" in capsys.readouterr().err
+    assert "takes no text encoder" in capsys.readouterr().err
     assert main([*base, "--text-encoder", "conch"]) == 2  # no cached CONCH embeddings and no weights to make them
     assert "text embed" in capsys.readouterr().err
 
