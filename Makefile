@@ -12,13 +12,14 @@ TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
 UV_VERSION := 0.13.9
 WHEELS ?= /opt/wheels
 
-.PHONY: install lock test tables table2 table3 table7 table8 table9 table11 drift-record clean help
+.PHONY: install lock test tables table2 table3 table7 table8 table9 table11 report drift-record clean help
 
 help:
 	@echo "make table2   run the Table 2 grid (missing runs only) on the embedded synthetic cohort and render it"
 	@echo "make table3   the same for Table 3 (out-of-distribution sites); table7: text embedding probes;"
 	@echo "              table8: ModalTune ablations; table9: TITAN; table11: TITAN out of distribution"
 	@echo "make tables   every table above (runs shared between tables are computed once)"
+	@echo "make report   runs/report/index.html: every stored table, the paper's figures, cohort, profile, encoders"
 	@echo "make test     install if needed, run pytest and the drift check"
 	@echo "make lock     refresh requirements.lock from pyproject.toml's ranges (needs the package registry)"
 	@echo "variables: PROFILE=tiny|small|paper (default small), JOBS=N, STORE=path"
@@ -52,6 +53,11 @@ $(TABLES): %: $(STAMP)
 	$(PY) -m bench table $@ --profile $(PROFILE) --store $(STORE) --format latex --out $(TABLES_DIR)/$@-$(PROFILE).tex
 	$(PY) -m bench table $@ --profile $(PROFILE) --store $(STORE) --format md --out $(TABLES_DIR)/$@-$(PROFILE).md
 	@cat $(TABLES_DIR)/$@-$(PROFILE).md
+
+# The report reads the store and the runs' directories only (nothing is trained). Without PROFILE on the
+# command line or in the environment it shows the profile of the latest stored run.
+report: $(STAMP)
+	$(PY) -m bench report --store $(STORE) $(if $(filter command line environment,$(origin PROFILE)),--profile $(PROFILE))
 
 # Refresh the lock (needs the package registry). uv runs from a throwaway venv that never holds torch and
 # resolves pyproject.toml plus the test extra for Python 3.11 on linux x86_64. Versions already locked are

@@ -420,6 +420,52 @@ def cmd_text_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- figures, report
+#: Options that only some figures read (``bench figure``), and the figures that read them.
+FIGURE_OPTIONS = {"model": ("attention", "pathways", "curves"), "case": ("attention",),
+                  "patients": ("pathways",), "steps": ("pathways",)}
+
+
+def cmd_figure(args: argparse.Namespace) -> int:
+    from bench.figures import draw, load_context
+    from bench.registry import get_model
+
+    options = {}
+    for option, figures in FIGURE_OPTIONS.items():
+        value = getattr(args, option)
+        if value is None:
+            continue
+        if args.name not in figures:
+            raise BenchError(f"--{option} applies to the {' / '.join(figures)} figure(s), not {args.name}")
+        options[option] = get_model(value).name if option == "model" else value
+    ctx = load_context(args.store, args.profile, args.runs_dir, args.weights, args.seed)
+    results = draw(args.name, ctx, args.out, sites=_csv_list(args.site) if args.site else None, **options)
+    if args.json:
+        _emit({"figure": args.name, "profile": ctx.profile,
+               "figures": [{"name": r.name, "files": r.paths, "caption": r.caption, "notes": r.notes} for r in results]})
+    else:
+        for result in results:
+            print(f"wrote {', '.join(str(p) for p in result.paths)}")
+            for note in result.notes:
+                print(f"  note: {note}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import build_report
+
+    summary = build_report(args.out, store=args.store, profile=args.profile, runs_dir=args.runs_dir,
+                           weights=args.weights, wandb=args.wandb, seed=args.seed)
+    if args.json:
+        _emit(summary.to_dict())
+    else:
+        print(f"wrote {summary.page} ({len(summary.tables)} tables, {len(summary.figures)} figures, "
+              f"{summary.seconds:.0f} s)")
+        for name, reason in summary.missing.items():
+            print(f"  not drawn: {name}: {reason}", file=sys.stderr)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- drift, perf
 def cmd_drift(args: argparse.Namespace) -> int:
     from bench import drift
@@ -567,6 +613,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=PROFILE_NAMES, help="default: the profile of the latest run")
     _add_store(p)
     p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("figure", help="draw one of the paper's figures (PNG and PDF) from stored results")
+    p.add_argument("name", choices=["km", "tsne", "attention", "pathways", "curves"])
+    p.add_argument("--site", help="comma-separated sites (default: Table 2's sites with stored runs; attention: the first)")
+    p.add_argument("--out", type=_output_dir, default="runs/figures", help="output directory (default runs/figures)")
+    p.add_argument("--profile", choices=PROFILE_NAMES, help="default: the profile of the latest run")
+    _add_store(p)
+    p.add_argument("--runs-dir", type=_input_dir, help="where the runs logged (default runs)")
+    p.add_argument("--model", help="attention / pathways / curves: the model drawn (default modaltune)")
+    p.add_argument("--case", help="attention: the test patient (default: the first single-slide test patient)")
+    p.add_argument("--patients", type=_positive, help="pathways: test patients attributed per site and task (default 6)")
+    p.add_argument("--steps", type=_positive, help="pathways: Integrated Gradients steps (default 16)")
+    p.add_argument("--seed", type=_seed, default=0, help="t-SNE seed")
+    p.add_argument("--weights", type=_input_file, help="the slide-encoder checkpoint the runs were trained with, if any")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_figure)
+
+    p = sub.add_parser("report", help="one static HTML page with every table and figure (runs/report/index.html)")
+    p.add_argument("--out", type=_output_dir, default="runs/report", help="report directory (default runs/report)")
+    p.add_argument("--profile", choices=PROFILE_NAMES, help="default: the profile of the latest run")
+    _add_store(p)
+    p.add_argument("--runs-dir", type=_input_dir, help="where the runs logged (default runs)")
+    p.add_argument("--weights", type=_input_file, help="the slide-encoder checkpoint the runs were trained with, if any")
+    p.add_argument("--wandb", default="offline", choices=["online", "offline", "disabled"],
+                   help="also log the figures and tables to W&B (default offline, under the report directory)")
+    p.add_argument("--seed", type=_seed, default=0, help="t-SNE seed")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("drift", help="record or check the drift grid's metrics")
     p.add_argument("action", choices=["record", "check"])

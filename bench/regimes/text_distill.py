@@ -69,6 +69,7 @@ class TextDistill(Regime):
         loss = DistillLoss(options["distill_temperature"], options["distill_center"])
         outcome = train_distill(model, projector, data, plan.profile.distill, run_dir=env.run_dir,
                                 loggers=env.loggers, progress=env.progress, loss=loss, preprocessing=options["probe"])
+        save_run_artifacts(plan, env, model, text_dim, outcome.embeddings, data)
         return Fitted(model=model, best_epoch=outcome.best_epoch,
                       extra={"metrics": outcome.metrics, "diagnostics": outcome.diagnostics})
 
@@ -76,6 +77,19 @@ class TextDistill(Regime):
         metrics, diagnostics = fitted.extra["metrics"], fitted.extra["diagnostics"]
         return [Evaluation(s, t, {**metrics[s][t], "best_epoch": fitted.best_epoch, **diagnostics}, data[s])
                 for s in data for t in ("subtype", "survival")]
+
+
+def save_run_artifacts(plan: RunPlan, env: RunEnv, model: torch.nn.Module, text_dim: int,
+                       embeddings: dict, data: dict[str, SiteData]) -> None:
+    """Keep the best epoch's weights and the probed embeddings beside the run's logs (:mod:`bench.artifacts`),
+    for the figures; what the run computes and stores is unchanged."""
+    from bench.artifacts import save_checkpoint, save_embeddings
+    from bench.runner import run_config
+
+    save_checkpoint(env.run_dir, model, run_id=run_config(plan).run_id(), model_name=plan.entry.name,
+                    text_dim=text_dim)
+    cases = {site: {split: ds.case_ids for split, ds in data[site].splits.items()} for site in embeddings}
+    save_embeddings(env.run_dir, embeddings, cases)
 
 
 def text_encoder(plan: RunPlan) -> str:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -292,6 +292,7 @@ class DistillOutcome:
     best_epoch: int
     val_history: list[float]
     diagnostics: dict[str, float]  # CollapseDiagnostics.summary(): stored in every row of the run
+    embeddings: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # site -> split -> [n, E] (probed)
 
 
 def train_distill(model: torch.nn.Module, projector: torch.nn.Module, sites: dict[str, SiteData],
@@ -327,7 +328,8 @@ def train_distill(model: torch.nn.Module, projector: torch.nn.Module, sites: dic
     )
     trainer.fit(module, loader)
     model.load_state_dict(selection.best_state)
-    metrics = deploy_and_probe(model, {**sites, **(deploy or {})}, preprocessing)
+    embeddings: dict[str, dict[str, np.ndarray]] = {}
+    metrics = deploy_and_probe(model, {**sites, **(deploy or {})}, preprocessing, embeddings=embeddings)
     summary = {**diagnostics.summary(), "init_val_balanced_accuracy": selection.init_score}
     if summary["collapsed"]:
         log.warning("the %s distillation ended collapsed (%s): the patient-specific parts of student and teacher "
@@ -336,17 +338,20 @@ def train_distill(model: torch.nn.Module, projector: torch.nn.Module, sites: dic
                     "+".join(sites), COLLAPSE_RULE, summary["diag_centered_cosine"], summary["diag_kl_floor_ratio"],
                     summary["diag_std_ratio"])
     return DistillOutcome(metrics=metrics, best_epoch=selection.best_epoch, val_history=selection.history,
-                          diagnostics=summary)
+                          diagnostics=summary, embeddings=embeddings)
 
 
-def deploy_and_probe(model: torch.nn.Module, sites: dict[str, SiteData],
-                     preprocessing: str = "raw") -> dict[str, dict[str, dict[str, float]]]:
+def deploy_and_probe(model: torch.nn.Module, sites: dict[str, SiteData], preprocessing: str = "raw",
+                     embeddings: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, dict[str, dict[str, float]]]:
     """Embed every patient of ``sites`` with a trained model (``forward_features``) and probe both tasks
-    (after ``preprocessing``: ``raw`` or ``standardized``)."""
+    (after ``preprocessing``: ``raw`` or ``standardized``). ``embeddings``, if given, receives the probed
+    embeddings (site -> split -> ``[n, E]``), so that they can be kept without embedding anyone twice."""
     device = next(model.parameters()).device
     out = {}
     for site, data in sites.items():
         x = {split: embed(model, ds, device) for split, ds in data.splits.items()}
+        if embeddings is not None:
+            embeddings[site] = x
         out[site] = {"subtype": probe_subtype(x, data, preprocessing=preprocessing),
                      "survival": probe_survival(x, data, preprocessing=preprocessing)}
     return out
