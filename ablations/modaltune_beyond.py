@@ -12,6 +12,10 @@ everyone, and the unscaled probe then reads features that barely differ between 
 ``modaltune_t007``          distillation temperature 0.07 (the release: 1), which sharpens both softmaxes.
 ``modaltune_std_probe``     the release's training; probes on features z-scored on the training patients.
 ``modaltune_centered_std``  centred targets and the standardised probe together.
+``modaltune_centered_narrow`` centred targets and a 64-d output (``output_dim=64``; the release: 256): the
+                            survival probe is a Cox model on the general embedding, and 256 covariates
+                            against the ~60-250 training events of a site overfit it (the LP rows of
+                            the ``small`` profile read 64-d embeddings).
 """
 
 from __future__ import annotations
@@ -39,4 +43,9 @@ register_variant(
     "modaltune_centered_std", "modaltune", label="ModalTune, centred targets + standardised probe" + _BEYOND,
     overrides={}, run_options={"distill_center": True, "probe": "standardized"}, beyond_paper=True,
     description="ModalTune distilling centred text targets, probed on standardised features",
+)
+register_variant(
+    "modaltune_centered_narrow", "modaltune", label="ModalTune, centred targets, 64-d output" + _BEYOND,
+    overrides={"output_dim": 64}, run_options={"distill_center": True}, beyond_paper=True,
+    description="ModalTune distilling centred text targets into a 64-d general embedding (the release: 256-d)",
 )

@@ -13,9 +13,14 @@ random projection keeps it. Two "models" of the ``linear_probe`` regime read ``b
 
 The projector is ModalTune's (512 -> 256 in the paper, the model's output width of the profile
 elsewhere), drawn from the run seed as a ModalTune run draws it. The text embeddings are those a
-ModalTune run distils by default (:data:`models.modaltune.projection.DEFAULT_TEXT_ENCODER`). The
-paper's further rows (duration-bin classification, survival from a prompt without stage) are tasks
-this harness does not define and are not reproduced.
+ModalTune run distils by default (:data:`models.modaltune.projection.DEFAULT_TEXT_ENCODER`).
+
+The paper's Table 7 has four task rows for each of the two columns; the subtype run gives "Cancer
+Subtyping" and the survival run the other three (:mod:`bench.regimes.linear_probe`): "Survival
+prediction" (Cox PH), "Duration Bins" (logistic regression of the survival bin on the same embedding,
+balanced accuracy) and "Survival prediction w/o stage" (Cox PH on the embedding of the general text
+written without its staging sentences, as the release writes it for a patient of unknown stage).
+Each of the table's sections is one of these (:data:`reports.tables.SECTIONS`).
 """
 
 from __future__ import annotations
@@ -50,19 +55,30 @@ class TextEmbeddingProbe(BenchModel):
         return text if self.projector is None else self.projector(text)
 
 
+#: What a text probe's runs measure (enters the run id): the general text row, and in the survival run
+#: Table 7's three survival-side rows.
+PROBE_ROWS = {"text_row": "general", "survival_rows": ["c_index", "bins_balanced_accuracy", "nostage_c_index"]}
+
+
+def _probe_config(ctx: ModelContext) -> dict[str, object]:
+    """The text probes' configuration (:data:`PROBE_ROWS`)."""
+    return dict(PROBE_ROWS)
+
+
 def projected_width(ctx: ModelContext) -> int:
     """The frozen projector's output width: ModalTune's output width at the profile (256 in the paper)."""
     return int(ModalTuneConfig.for_encoder("gigapath", ctx.profile, ctx.text_dim).output_dim)
 
 
-@register_model("text_probe", label="Text Embedding", modalities=("text",), regime="linear_probe")
+@register_model("text_probe", label="Text Embedding", modalities=("text",), regime="linear_probe",
+                config=_probe_config)
 def text_probe(ctx: ModelContext) -> TextEmbeddingProbe:
     """Table 7, "Text Embedding": the general text embedding, linear-probed (no parameters trained)."""
     return TextEmbeddingProbe(ctx.text_dim, ctx.n_outputs)
 
 
 @register_model("text_probe_projected", label="Text Embedding after random projection", modalities=("text",),
-                regime="linear_probe")
+                regime="linear_probe", config=_probe_config)
 def text_probe_projected(ctx: ModelContext) -> TextEmbeddingProbe:
     """Table 7, "Text Embedding after random projection": the general text embedding through ModalTune's
     frozen random Projector (seeded from the global RNG, which the regime seeds with the run seed)."""

@@ -356,6 +356,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
     else:
         print(f"{summary['grid']} ({summary['profile']}): {summary['runs']} runs, {summary['ran']} ran, "
               f"{summary['cached']} already stored, {len(summary['failed'])} failed; store {summary['store']}")
+    for row in summary["skipped"]:
+        print(f"{row['model']}: {row['reason']}", file=sys.stderr)
     if summary["failed"]:
         print(f"{len(summary['failed'])} runs failed (the others are stored; rerun the grid to retry only these):",
               file=sys.stderr)
@@ -412,7 +414,7 @@ def cmd_text_embed(args: argparse.Namespace) -> int:
         raise BenchError(f"--text-weights / --text-tokenizer are read by --encoder conch only, not {args.encoder!r}; "
                          "add --encoder conch or drop them")
     path = write_text_cache(args.cohort, args.encoder, weights=args.text_weights, tokenizer=args.text_tokenizer,
-                            seed=args.seed)
+                            seed=args.seed, with_staging=not args.without_stage)
     if args.json:
         _emit({"cohort": args.cohort, "encoder": args.encoder, "cache": str(path)})
     else:
@@ -556,6 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-weights", type=_input_file, help="conch: local checkpoint of CONCH")
     p.add_argument("--text-tokenizer", type=_input_file, help="conch: tokenizer.json (default: next to the weights)")
     p.add_argument("--seed", type=_seed, default=0, help="bow: seed of the Gaussian projection")
+    p.add_argument("--without-stage", action="store_true",
+                   help="embed the prompts without their staging sentences into text/<encoder>-nostage.pt (Table 7)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_text_embed)
 

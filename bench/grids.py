@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ablations.modaltune import MEDLLAMA_ENV, MEDLLAMA_MODEL_ID
 from bench.config import get_profile
 from bench.regimes import source_site
 from models.paper.sites import IN_DOMAIN_SITES, OOD_SITES
@@ -24,6 +26,38 @@ from bench.registry import all_models
 from bench.results import ResultStore, check_store, store_path
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LocalTextModel:
+    """What a row needs that the repository cannot hold: the local ``hf:DIR`` model directory whose text
+    embeddings it distils, named by the environment variable ``env`` (Table 8's MedLlama row). A grid
+    runs the row with ``--text-encoder hf:DIR`` (its cache name as the model's ``text_encoder``); without
+    the variable the row is skipped and reported as not run, never run on other text."""
+
+    env: str
+    needs: str
+
+    @property
+    def reason(self) -> str:
+        """Why the row is not run without the directory."""
+        return f"not run: needs {self.needs} (set {self.env}=DIR)"
+
+    def directory(self) -> Path | None:
+        """The directory ``env`` names, None when unset; one that is not a directory is a BenchError."""
+        value = os.environ.get(self.env, "").strip()
+        if not value:
+            return None
+        if not Path(value).is_dir():
+            raise BenchError(f"{self.env}={value} is not a local model directory; point it at {self.needs} "
+                             "(config.json, the weights and the tokenizer files), or unset it to skip the row")
+        return Path(value)
+
+    def evaluation(self, directory: Path) -> dict[str, Any]:
+        """The row's text settings (``RunRequest`` fields) for the model in ``directory``."""
+        from models.text.hf import hf_cache_name
+
+        return {"text_spec": f"hf:{directory}", "overrides": {"text_encoder": hf_cache_name(directory)}}
 
 
 @dataclass(frozen=True)
@@ -44,6 +78,18 @@ class GridSpec:
     #: Linear probes run once (a frozen encoder's probes do not depend on the seed), unless the seed
     #: draws part of what is probed (Table 7's random projector: mean ± std over the seeds, as the paper).
     probe_every_seed: bool = False
+    #: Rows that distil a local model's text (``(registry name, LocalTextModel)``): run only when it is given.
+    local_text: tuple[tuple[str, LocalTextModel], ...] = ()
+    #: The rendered sections (:data:`reports.tables.SECTIONS`), when they are not the tasks.
+    sections: tuple[str, ...] = ()
+
+    def local_text_model(self, name: str) -> LocalTextModel | None:
+        """The local text model row ``name`` needs, None for a row that needs none."""
+        return dict(self.local_text).get(name)
+
+    def skipped(self) -> dict[str, str]:
+        """``{row name: reason}`` of the rows this grid cannot run here (their local model is not given)."""
+        return {name: need.reason for name, need in self.local_text if need.directory() is None}
 
 
 TABLE2 = GridSpec(
@@ -78,6 +124,8 @@ TABLE8 = GridSpec(
           ("modaltune_trainable_projector", "Trainable Projector"),
           ("modaltune_model_side_projector", "Model-side Projector"), ("modaltune", "ModalTune")),
     sites=IN_DOMAIN_SITES,
+    local_text=(("modaltune_medllama",
+                 LocalTextModel(MEDLLAMA_ENV, f"a local MedLlama directory ({MEDLLAMA_MODEL_ID})")),),
 )
 
 TABLE3 = GridSpec(
@@ -96,6 +144,7 @@ TABLE7 = GridSpec(
     rows=(("text_probe", "Text Embedding"), ("text_probe_projected", "Text Embedding after random projection")),
     sites=IN_DOMAIN_SITES,
     probe_every_seed=True,
+    sections=("subtype", "duration_bins", "survival_nostage", "survival"),
 )
 
 TABLE11 = GridSpec(
@@ -129,9 +178,11 @@ class Cell:
 
 def grid_cells(grid: GridSpec, *, models: list[str] | None = None, sites: list[str] | None = None,
                seeds: list[int] | None = None) -> list[Cell]:
-    """The runs of ``grid`` for the registered models (optionally restricted)."""
+    """The runs of ``grid`` for the registered models (optionally restricted), without the rows it cannot
+    run here (:meth:`GridSpec.skipped`)."""
     registry = all_models()
-    names = [name for name, _ in grid.rows if name in registry]
+    skipped = grid.skipped()
+    names = [name for name, _ in grid.rows if name in registry and name not in skipped]
     if models is not None:
         declared = {name for name, _ in grid.rows}
         for m in models:
@@ -179,6 +230,18 @@ def cell_evaluation(regime: str, evaluation: dict[str, Any] | None) -> dict[str,
     return out
 
 
+def row_evaluation(grid: GridSpec, name: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` (:func:`cell_evaluation`) of row ``name``, its local text model's applied on top: its
+    ``hf:DIR`` replaces any ``--text-encoder`` (and drops ``--text-weights``, read by CONCH only)."""
+    need = grid.local_text_model(name)
+    directory = need.directory() if need is not None else None
+    if directory is None:
+        return settings
+    own = need.evaluation(directory)
+    out = {k: v for k, v in settings.items() if k != "text_weights"}
+    return {**out, "text_spec": own["text_spec"], "overrides": {**settings.get("overrides", {}), **own["overrides"]}}
+
+
 def run_grid(grid: GridSpec, *, profile: str, cohort_dir: str | Path | None, store: str | Path | None,
              models: list[str] | None = None, sites: list[str] | None = None, seeds: list[int] | None = None,
              jobs: int | None = None, wandb: str = "offline", progress: bool = True,
@@ -203,7 +266,7 @@ def run_grid(grid: GridSpec, *, profile: str, cohort_dir: str | Path | None, sto
     sites = [cohort.resolve_site(s) for s in (sites or [s for s in grid.sites if s in cohort.sites])]
     cells = grid_cells(grid, models=models, sites=sites, seeds=seeds)
     registry = all_models()
-    settings = [cell_evaluation(registry[c.model].regime, evaluation) for c in cells]
+    settings = [row_evaluation(grid, c.model, cell_evaluation(registry[c.model].regime, evaluation)) for c in cells]
     plans = [plan_run(RunRequest(model=c.model, site=c.site, task=c.task, seed=c.seed, profile=prof.name, **extra),
                       cohort) for c, extra in zip(cells, settings)]
     run_ids = [run_config(plan).run_id() for plan in plans]
@@ -228,9 +291,13 @@ def run_grid(grid: GridSpec, *, profile: str, cohort_dir: str | Path | None, sto
     bar.close()
     failures = [_failure(requests[i], missing[i][1], errors[i]) for i in sorted(errors)]
     statuses = [r.get("status") for r in outcomes.values()]
+    skipped = [{"model": name, "reason": reason} for name, reason in grid.skipped().items()
+               if models is None or name in models]
+    for row in skipped:
+        log.warning("%s: %s %s", grid.name, row["model"], row["reason"])
     return {"grid": grid.name, "profile": prof.name, "cohort": str(cohort.root), "store": str(path),
             "runs": len(cells), "ran": statuses.count("ran"),
-            "cached": len(cells) - len(missing) + statuses.count("cached"), "failed": failures}
+            "cached": len(cells) - len(missing) + statuses.count("cached"), "failed": failures, "skipped": skipped}
 
 
 def _run_requests(requests: list[dict[str, Any]], jobs: int, bar: Any,

@@ -44,6 +44,9 @@ def render_table(table: str, *, store: str | Path | None = None, profile: str | 
     not_registered = [label for name, label in grid.rows if name not in registry]
     if not_registered:
         header.append(f"not yet implemented here (—): {', '.join(not_registered)}")
+    stored = {r.model for r in rows}
+    header.extend(f"{label} (—): {need.reason}" for name, label in grid.rows
+                  if (need := grid.local_text_model(name)) is not None and name not in stored)
     deltas = delta_rows(grid)
     if deltas:
         header.append(f"the paper publishes {delta_reference(grid.name)}'s Overall only; the other rows as changes "
@@ -51,7 +54,7 @@ def render_table(table: str, *, store: str | Path | None = None, profile: str | 
     shown = [r for r in rows if r.model in {name for name, _ in grid.rows}]
     header.extend(evaluation_lines(shown))
     text = render(table_rows, grid.sites, rows, table_key=grid.name, title=grid.title, header_lines=header, fmt=fmt,
-                  overall=grid.overall, collapse_rule=COLLAPSE_RULE)
+                  tasks=grid.sections or grid.tasks, overall=grid.overall, collapse_rule=COLLAPSE_RULE)
     return text + render_deltas(deltas, grid.sites, rows, fmt=fmt) if deltas else text
 
 

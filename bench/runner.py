@@ -324,16 +324,16 @@ def attempt_dir(run_dir: Path) -> Path:
 
 def ensure_text_cache(cohort: Cohort, encoder: str, source: Any = None):
     """The cohort's cached text embeddings of ``encoder``, built on first use where that needs nothing
-    more: the offline ``bow`` encoder always, else the run's ``source`` (``--text-encoder hf:DIR``, or
-    ``conch`` with ``--text-weights``). With ``--text-weights``, a cache embedded with other (or
-    unrecorded) weights is refused rather than used under the wrong run id."""
-    from bench.text_cache import cache_path, load_text_cache, write_text_cache
+    more: the offline ``bow`` encoder always (its ``bow-nostage`` cache too), else the run's ``source``
+    (``--text-encoder hf:DIR``, or ``conch`` with ``--text-weights``). With ``--text-weights``, a cache
+    embedded with other (or unrecorded) weights is refused rather than used under the wrong run id."""
+    from bench.text_cache import cache_path, load_text_cache, without_stage_name, write_text_cache
 
     source = source if source is not None and source.name == encoder else None
     path = cache_path(cohort.root, encoder)
     if not path.is_file():
-        if encoder == "bow":
-            write_text_cache(cohort, encoder)
+        if encoder in ("bow", without_stage_name("bow")):
+            write_text_cache(cohort, "bow", with_staging=encoder == "bow")
         elif source is not None and source.buildable:
             write_text_cache(cohort, source.spec, weights=source.weights, weights_tag=source.weights_tag)
         else:

@@ -6,7 +6,11 @@ encoder (``bow``, ``conch``, ``hf:DIR``) and saves, atomically::
 
     {"format": 1, "encoder": name, "label": what it is, "dim": E, "tasks": [general, diagnosis,
      stage, survival], "prompts_sha256": hash of every patient's texts, "embeddings": {case_id: [4, E]},
-     "weights": "<file name>:<sha256[:16]>" of the encoder's checkpoint, or None}
+     "weights": "<file name>:<sha256[:16]>" of the encoder's checkpoint, or None, "staging": bool}
+
+A cache named ``<encoder>-nostage`` (:func:`without_stage_name`, ``"staging": false``) holds the same
+encoder's embeddings of the texts without their staging sentences (Table 7's "Survival prediction w/o
+stage"); a fitted encoder (``bow``) is fitted on the full texts for both, so the two share one space.
 
 :func:`load_text_cache` reads it back, refuses a cache whose prompts no longer match the cohort
 (re-run ``text embed``), and also accepts the release's own files (a plain ``{case: [4, E]}`` dict,
@@ -33,14 +37,22 @@ from models.text.prompts import TEXT_TASKS, PromptError, build_prompts
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
+#: The suffix of a cache of the texts without staging sentences (``text/<encoder>-nostage.pt``).
+WITHOUT_STAGE = "-nostage"
+
+
+def without_stage_name(encoder_name: str) -> str:
+    """The cache name of ``encoder_name``'s embeddings of the texts without staging sentences."""
+    return encoder_name + WITHOUT_STAGE
 
 
 def _cohort(cohort: Cohort | str | Path) -> Cohort:
     return cohort if isinstance(cohort, Cohort) else Cohort.load(cohort)
 
 
-def cohort_prompts(cohort: Cohort | str | Path) -> dict[str, dict[str, str]]:
-    """``{case_id: {"general", "diagnosis", "stage", "survival"}}`` for every patient, in file order.
+def cohort_prompts(cohort: Cohort | str | Path, with_staging: bool = True) -> dict[str, dict[str, str]]:
+    """``{case_id: {"general", "diagnosis", "stage", "survival"}}`` for every patient, in file order
+    (``with_staging=False``: without the staging sentences, :func:`models.text.prompts.build_prompts`).
 
     A value the templates cannot express is a :class:`BenchError` naming the patient and field.
     """
@@ -49,7 +61,7 @@ def cohort_prompts(cohort: Cohort | str | Path) -> dict[str, dict[str, str]]:
     problems = []
     for row in cohort.patients.to_dict("records"):
         try:
-            prompts[row["case_id"]] = build_prompts(row, cohort.site_meta(row["site"]))
+            prompts[row["case_id"]] = build_prompts(row, cohort.site_meta(row["site"]), with_staging)
         except PromptError as err:
             problems.append(f"{cohort.root / fmt.PATIENTS}: patient {row['case_id']}: {err}")
     if problems:
@@ -107,12 +119,15 @@ class TextSource:
         return self.spec != "conch" or self.weights is not None
 
 
-def embed_cohort(cohort: Cohort | str | Path, encoder: TextEncoder) -> dict[str, Any]:
-    """Fit ``encoder`` on the cohort's texts (``bow`` only) and embed them: the cache record."""
+def embed_cohort(cohort: Cohort | str | Path, encoder: TextEncoder, with_staging: bool = True) -> dict[str, Any]:
+    """Fit ``encoder`` on the cohort's texts (``bow`` only) and embed them, or with ``with_staging=False``
+    the texts without staging sentences (the fit still on the full texts): the cache record."""
     cohort = _cohort(cohort)
     prompts = cohort_prompts(cohort)
     cases = list(prompts)
     encoder.fit([prompts[c][t] for c in cases for t in TEXT_TASKS])
+    if not with_staging:
+        prompts = cohort_prompts(cohort, with_staging=False)
     embeddings = encoder.encode_prompt_sets([prompts[c] for c in cases])
     return {
         "format": CACHE_FORMAT,
@@ -122,13 +137,15 @@ def embed_cohort(cohort: Cohort | str | Path, encoder: TextEncoder) -> dict[str,
         "tasks": list(TEXT_TASKS),
         "prompts_sha256": prompts_digest(prompts),
         "embeddings": {case: embeddings[i].clone() for i, case in enumerate(cases)},
+        "staging": with_staging,
     }
 
 
 def write_text_cache(cohort: Cohort | str | Path, spec: str, *, weights: str | Path | None = None,
                      tokenizer: str | Path | None = None, seed: int = 0, device: str | torch.device = "cpu",
-                     weights_tag: str | None = None) -> Path:
-    """Embed the cohort with encoder ``spec`` and write ``text/<encoder>.pt`` atomically; returns its path.
+                     weights_tag: str | None = None, with_staging: bool = True) -> Path:
+    """Embed the cohort with encoder ``spec`` and write ``text/<encoder>.pt`` atomically; returns its path
+    (``with_staging=False``: the texts without staging sentences, into ``text/<encoder>-nostage.pt``).
 
     ``weights_tag`` (``name:sha256[:16]`` of ``weights``) is recorded, so that a run asking for other
     weights can tell that the cache is not theirs."""
@@ -137,8 +154,8 @@ def write_text_cache(cohort: Cohort | str | Path, spec: str, *, weights: str | P
         encoder = build_text_encoder(spec, weights=weights, tokenizer=tokenizer, seed=seed, device=device)
     except (ValueError, FileNotFoundError, ImportError) as err:
         raise BenchError(str(err)) from err
-    record = {**embed_cohort(cohort, encoder), "weights": weights_tag}
-    path = cache_path(cohort.root, encoder.name)
+    record = {**embed_cohort(cohort, encoder, with_staging), "weights": weights_tag}
+    path = cache_path(cohort.root, encoder.name if with_staging else without_stage_name(encoder.name))
     fmt.write_atomic(path, lambda tmp: torch.save(record, tmp))
     log.info("wrote %s: %d patients x %d texts x %d dims (%s)", path, len(record["embeddings"]),
              len(TEXT_TASKS), record["dim"], record["label"])
@@ -166,21 +183,30 @@ class TextCache:
         return torch.stack([self.embeddings[c] for c in case_ids]).float()
 
 
+def embed_command(cohort_root: str | Path, encoder_name: str) -> str:
+    """The ``text embed`` command that writes the cache ``encoder_name`` (``--without-stage`` for a
+    ``-nostage`` cache)."""
+    flag = " --without-stage" if encoder_name.endswith(WITHOUT_STAGE) else ""
+    base = encoder_name.removesuffix(WITHOUT_STAGE)
+    return f"python -m bench text embed --cohort {cohort_root} --encoder {base}{flag}"
+
+
 def load_text_cache(cohort: Cohort | str | Path, encoder_name: str, *, check_prompts: bool = True) -> TextCache:
     """Read ``text/<encoder_name>.pt``; with ``check_prompts``, refuse it if the cohort's texts changed."""
     cohort = _cohort(cohort)
     path = cache_path(cohort.root, encoder_name)
     if not path.is_file():
         raise BenchError(f"{path} is missing; embed the cohort's prompts first with "
-                         f"`python -m bench text embed --cohort {cohort.root} --encoder {encoder_name}`")
+                         f"`{embed_command(cohort.root, encoder_name)}`")
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for a broken or foreign file
         raise BenchError(f"{path}: unreadable text embeddings ({err}); re-run `text embed`") from err
     if isinstance(record, dict) and "embeddings" in record:
-        if check_prompts and record.get("prompts_sha256") != prompts_digest(cohort_prompts(cohort)):
+        staged = bool(record.get("staging", True))
+        if check_prompts and record.get("prompts_sha256") != prompts_digest(cohort_prompts(cohort, staged)):
             raise BenchError(f"{path} was embedded from other prompts than this cohort's patients.csv now gives; "
-                             f"re-run `python -m bench text embed --cohort {cohort.root} --encoder {encoder_name}`")
+                             f"re-run `{embed_command(cohort.root, encoder_name)}`")
         embeddings = dict(record["embeddings"])
         cache = TextCache(str(record["encoder"]), str(record["label"]), int(record["dim"]), embeddings,
                           record.get("weights"))

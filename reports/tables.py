@@ -25,7 +25,18 @@ from models.paper.reference import published
 
 TASK_METRIC = {"subtype": ("test_balanced_accuracy", "Cancer subtype prediction (balanced accuracy)"),
                "survival": ("test_c_index", "Survival prediction (C-index)")}
+#: A table section beyond the tasks: ``name -> (the runs' task, the metric, the heading)`` (Table 7's
+#: further rows, measured by the text probes' survival runs).
+SECTIONS = {"duration_bins": ("survival", "test_bins_balanced_accuracy", "Duration bins (balanced accuracy)"),
+            "survival_nostage": ("survival", "test_nostage_c_index", "Survival prediction w/o stage (C-index)")}
 DASH, NA = "—", "n/a"
+
+
+def section(name: str) -> tuple[str, str, str]:
+    """``(task, metric, heading)`` of a section: a task of :data:`TASK_METRIC`, or one of :data:`SECTIONS`."""
+    if name in TASK_METRIC:
+        return (name, *TASK_METRIC[name])
+    return SECTIONS[name]
 COLLAPSED_MARK = "†"
 
 
@@ -56,15 +67,15 @@ def _fmt(stat: Stat | None, empty: str) -> str:
 
 
 def aggregate(results: Iterable[Any], task: str) -> dict[tuple[str, str], Stat]:
-    """``(model, site) -> Stat`` over seeds of the task's primary test metric.
+    """``(model, site) -> Stat`` over seeds of the task's primary test metric (or a :func:`section`'s).
 
     ``results`` are store rows (``bench.results.ResultRow``); std is the sample std (ddof=1, as the
     paper's "mean ± std over three seeds"), None for a single run.
     """
-    metric = TASK_METRIC[task][0]
+    run_task, metric, _ = section(task)
     values: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
     for row in results:
-        if row.task == task and metric in row.metrics:
+        if row.task == run_task and metric in row.metrics:
             values[(row.model, row.site)][row.seed] = float(row.metrics[metric])
     out = {}
     for key, by_seed in values.items():
@@ -139,9 +150,9 @@ def render(rows: Sequence[TableRow], sites: Sequence[str], results: list[Any], *
                 line.append(f"{_fmt(c['ours'], DASH)} / {_fmt(c['paper'], NA)}")
             body.append(line)
         if fmt == "md":
-            parts.append(f"### {TASK_METRIC[task][1]}\n")
+            parts.append(f"### {section(task)[2]}\n")
         else:
-            parts.append(f"% {TASK_METRIC[task][1]}")
+            parts.append(f"% {section(task)[2]}")
         parts.append(tabulate(body, headers=["Model"] + columns, tablefmt=tablefmt, disable_numparse=True))
         parts.append("")
     notes = [f"{row.label}: {collapsed[row.name][0]} of {collapsed[row.name][1]} runs" for row in rows

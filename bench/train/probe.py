@@ -120,6 +120,20 @@ def probe_subtype(x: dict[str, np.ndarray], data: SiteData, splits: tuple[str, .
     return out
 
 
+def probe_duration_bins(x: dict[str, np.ndarray], data: SiteData, preprocessing: str = "raw") -> dict[str, float]:
+    """Table 7's "Duration Bins": logistic regression (the subtype probe's settings) of the 4 survival bins
+    on the (preprocessed) training embeddings; val/test balanced accuracy over the bins (``bins_*``)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.multiclass import OneVsRestClassifier
+
+    x = preprocess(x, preprocessing)
+    bins = {s: data.splits[s].bins.astype(int) for s in x}
+    clf = OneVsRestClassifier(LogisticRegression(**LOGREG)).fit(x["train"], bins["train"])
+    return {f"{split}_bins_balanced_accuracy": float(balanced_accuracy_score(bins[split], clf.predict(x[split])))
+            for split in ("val", "test")}
+
+
 def probe_survival(x: dict[str, np.ndarray], data: SiteData, preprocessing: str = "raw") -> dict[str, float]:
     """Fit a penalised Cox model on the (preprocessed) training embeddings; val/test C-index (risk = partial hazard)."""
     from lifelines import CoxPHFitter

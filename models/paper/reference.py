@@ -35,7 +35,7 @@ def published(table: str, task: str, label: str, site: str) -> tuple[float, floa
         known = ref.get(_OVERALL_ONLY[table], {}).get(label, {})
         value = known.get(f"{task}_overall") if site == "Overall" else None
         return None if value is None else (float(value), None)
-    cell = ref.get(table, {}).get(_METRIC_KEYS[task], {}).get(label, {}).get(site)
+    cell = ref.get(table, {}).get(_METRIC_KEYS.get(task, task), {}).get(label, {}).get(site)
     if not cell or cell.get("mean") is None:
         return None
     return float(cell["mean"]), (None if cell.get("std") is None else float(cell["std"]))

@@ -36,8 +36,15 @@ class HFEncoder(TextEncoder):
     The paper's MedLlama ablation (Table 8, Supplement Sec. 11.4) mean-pools Llama-3-8B-UltraMedical's
     hidden states into one 4096-d vector. The paper does not say whether it normalised them; they
     are L2-normalised here so every cached encoder shares CONCH's convention. Loads with
-    ``local_files_only`` (never downloads) in the checkpoint's dtype; a tokenizer without a pad
-    token pads with its end-of-sequence token.
+    ``local_files_only`` (never downloads) in the checkpoint's dtype; a causal LM checkpoint
+    (``LlamaForCausalLM``) loads as its base model (``LlamaModel``, the LM head unused).
+
+    Pooling: the mean of the final hidden state (after the model's last norm) over every token the
+    tokenizer emits for the text, its special tokens included (Llama 3's ``<|begin_of_text|>``), never
+    over padding. Batches are padded on the right, whatever the tokenizer's default: a causal model's
+    real tokens then keep their positions and never see the padding, so a text embeds the same alone
+    or in any batch (left padding would shift its positions). A tokenizer without a pad token pads
+    with its end-of-sequence token.
     """
 
     def __init__(self, model_dir: str | Path, *, device: str | torch.device = "cpu", batch_size: int = 8,
@@ -49,6 +56,7 @@ class HFEncoder(TextEncoder):
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "right"
         # the checkpoint's own dtype (an 8B model in float32 would need 32 GB); transformers >= 4.56 names it dtype
         version = tuple(int(p) for p in re.findall(r"\d+", transformers.__version__)[:2])
         dtype_arg = "dtype" if version >= (4, 56) else "torch_dtype"

@@ -201,7 +201,7 @@ def site_location(site: str) -> str:
                           f"{', '.join(s.lower() for s in SITE_LOCATIONS)}") from None
 
 
-def build_prompts(row: Mapping[str, Any], site_meta: Mapping[str, Any]) -> dict[str, str]:
+def build_prompts(row: Mapping[str, Any], site_meta: Mapping[str, Any], with_staging: bool = True) -> dict[str, str]:
     """The four texts of one patient, keyed by :data:`TEXT_TASKS` (in that order).
 
     ``row`` holds a patients.csv record (a dict or a pandas row): ``site``, ``primary_diagnosis``,
@@ -210,11 +210,15 @@ def build_prompts(row: Mapping[str, Any], site_meta: Mapping[str, Any]) -> dict[
     its ``bin_upper_months`` give the bin phrases. A missing field drops its sentence (the survival
     sentence is dropped when ``survival_months`` is missing). Raises :class:`PromptError` for a
     value the templates cannot express (e.g. ``Stage 0``), as the release would fail on it.
+
+    ``with_staging=False`` writes the texts without their staging sentences (overall stage, T, N, M), as the
+    release writes them for a patient whose stage is unknown: the texts of Table 7's "Survival
+    prediction w/o stage" (Supplement Sec. 10).
     """
     location = f"Cancer location: {site_location(str(row.get('site')))};"
     diagnosis = present(row.get("primary_diagnosis"))
     diagnosis_sentence = "" if diagnosis is None else f"Cancer diagnosis: {diagnosis};"
-    staging = [field.sentence(present(row.get(field.column))) for field in STAGING_FIELDS]
+    staging = [field.sentence(present(row.get(field.column)) if with_staging else None) for field in STAGING_FIELDS]
     survival = ""
     if present(row.get("survival_months")) is not None:
         phrases = survival_bin_phrases(site_meta["bin_upper_months"])
