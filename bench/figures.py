@@ -64,8 +64,8 @@ class FigureContext:
                                  "patients and features the run used (run from the directory `make table2` ran in)")
             cohort = Cohort.load(row.cohort)
             if cohort.fingerprint != row.cohort_fingerprint:
-                raise BenchError(f"cohort {row.cohort} changed since run {row.run_id} (fingerprint {cohort.fingerprint} "
-                                 f"!= {row.cohort_fingerprint}); rerun the grid on it first")
+                raise BenchError(f"cohort {row.cohort} changed since run {row.run_id} (fingerprint "
+                                 f"{cohort.fingerprint} != {row.cohort_fingerprint}); rerun the grid on it first")
             self._cohorts[row.cohort] = cohort
         return self._cohorts[row.cohort]
 
@@ -280,7 +280,8 @@ def figure_km(ctx: FigureContext, out_dir: Path, sites: Sequence[str] | None = N
         raise BenchError("no stored per-patient test predictions for the Kaplan–Meier figure; runs stored before "
                          "predictions were kept must be rerun (`python -m bench grid table2 ...` after removing them, "
                          "or `run ... --force`)")
-    fig, _ = km_grid(panels, n_cols=len(sites), title=f"Kaplan–Meier curves of predicted risk (profile {ctx.profile})")
+    fig, _ = km_grid(panels, n_cols=len(sites),
+                     title=f"Kaplan–Meier curves of predicted risk (profile {ctx.profile})")
     paths = save_figure(fig, out_dir, "km")
     caption = (f"Kaplan–Meier curves (paper Fig. 6) per site for {', '.join(chosen)}; one seed per panel (the "
                f"lowest stored). Best rows by Overall test C-index over {', '.join(sites)}. {SPLIT_RULE}.")
@@ -303,7 +304,8 @@ def _site_rows(frame: pd.DataFrame, site: str) -> pd.DataFrame:
 
 
 def _diagnoses(ctx: FigureContext, row: ResultRow, case_ids: Sequence[str]) -> list[str]:
-    diagnosis = dict(zip(ctx.cohort(row).patients["case_id"].astype(str), ctx.cohort(row).patients["primary_diagnosis"]))
+    patients = ctx.cohort(row).patients
+    diagnosis = dict(zip(patients["case_id"].astype(str), patients["primary_diagnosis"]))
     return [str(diagnosis[c]) for c in case_ids]
 
 
@@ -509,8 +511,8 @@ def figure_pathways(ctx: FigureContext, out_dir: Path, sites: Sequence[str] | No
                 continue
             worst = max(worst, float(np.max(scores[f"{task}_deltas"], initial=0.0)))
             what = "own-class logit" if task == "subtype" else "Cox log partial hazard"
-            panels.append(PathwayPanel(f"{site} · {task} ({what}) · seed {row.seed}", top_pathways(task_scores, names),
-                                       f"{len(task_scores)} test patients"))
+            panels.append(PathwayPanel(f"{site} · {task} ({what}) · seed {row.seed}",
+                                       top_pathways(task_scores, names), f"{len(task_scores)} test patients"))
     if not panels:
         raise BenchError(f"no pathway attributions: {'; '.join(notes) or 'no site'}")
     label = label_of(ctx, model)
@@ -546,8 +548,9 @@ def figure_curves(ctx: FigureContext, out_dir: Path, sites: Sequence[str] | None
             if path is None:
                 notes.append(f"seed {row.seed}: no metrics CSV under {ctx.runs_dir}")
                 continue
+            task = row.config.get("task", row.task)
             try:
-                runs[f"seed {row.seed}"] = read_curves(path)
+                runs[f"seed {row.seed}" if task == "multitask" else f"{task}, seed {row.seed}"] = read_curves(path)
             except ValueError as err:
                 notes.append(str(err))
         if not runs:
@@ -556,12 +559,14 @@ def figure_curves(ctx: FigureContext, out_dir: Path, sites: Sequence[str] | None
                             thresholds={"diag_centered_cosine": MIN_CENTERED_COSINE,
                                         "diag_kl_floor_ratio": MAX_FLOOR_RATIO})
         stem = f"curves-{model}-{site}"
-        caption = (f"Learning curves of {label} at {site}, one line per seed: training loss, the validation metric "
-                   "the best epoch is selected by and, for text distillation, the collapse diagnostics on the "
-                   "validation patients (dashed: the collapse rule's limits); epoch 0 is before training.")
+        caption = (f"Learning curves of {label} at {site}, one line per seed (and task, for a model trained per "
+                   "task): training loss, the validation metric the best epoch is selected by and, for text "
+                   "distillation, the collapse diagnostics on the validation patients (dashed: the collapse rule's "
+                   "limits); epoch 0 is before training.")
         results.append(FigureResult(stem, save_figure(fig, out_dir, stem), caption, notes))
     if not results:
-        raise BenchError(f"no metrics CSV of any {model} run under {ctx.runs_dir}; pass the --runs-dir the runs logged to")
+        raise BenchError(f"no metrics CSV of any {model} run under {ctx.runs_dir}; pass the --runs-dir the runs "
+                         "logged to")
     return results
 
 

@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 DEFAULT_REPORT_DIR = Path("runs") / "report"
 FIGURES_DIR = "figures"
 PAGE = "index.html"
-#: Figures of the report, in page order, with the options they are drawn with.
-REPORT_FIGURES = (("km", {}), ("tsne", {}), ("attention", {}), ("pathways", {}), ("curves", {}))
+#: Figures of the report, in page order. Attention and pathway attributions (the costly one: one
+#: Integrated Gradients pass per patient and task) are drawn at the first of Table 2's sites, the others at all.
+REPORT_FIGURES = ("km", "tsne", "attention", "pathways", "curves")
+FIRST_SITE_ONLY = ("attention", "pathways")
 SECTION_TITLES = {"km": "Kaplan–Meier curves (Fig. 6)", "tsne": "t-SNE of embeddings (Fig. 5)",
                   "attention": "Attention (Fig. 3c, d)", "pathways": "Pathway attributions (Fig. 3e, f)",
                   "curves": "Learning curves"}
@@ -123,11 +125,14 @@ def encoder_rows(ctx: FigureContext) -> list[list[str]]:
 def draw_figures(ctx: FigureContext, figures_dir: Path) -> tuple[dict[str, list[FigureResult]], dict[str, str]]:
     """Every report figure drawn into ``figures_dir``; a figure whose inputs are missing is reported with
     its reason instead of stopping the report."""
+    from bench.figures import table2_sites
+
     drawn, missing = {}, {}
-    for name, options in REPORT_FIGURES:
+    for name in REPORT_FIGURES:
         started = time.perf_counter()
+        sites = table2_sites(ctx, None)[:1] if name in FIRST_SITE_ONLY else None
         try:
-            drawn[name] = draw(name, ctx, figures_dir, **options)
+            drawn[name] = draw(name, ctx, figures_dir, sites=sites)
         except BenchError as err:
             missing[name] = str(err)
             log.warning("report: figure %s not drawn: %s", name, err)
@@ -144,7 +149,7 @@ def page_html(ctx: FigureContext, tables: dict[str, dict[str, str]], drawn: dict
     sections = [Section("tables", "Tables", "\n".join(
         f'<div id="table-{name}">{markdown_table_html(text["md"])}</div>' for name, text in tables.items())
         or "<p>no table has stored runs</p>")]
-    for name, _ in REPORT_FIGURES:
+    for name in REPORT_FIGURES:
         if name in drawn:
             body = "\n".join(figure_html(f"{FIGURES_DIR}/{result.paths[0].name}", result.caption, result.notes)
                              for result in drawn[name])

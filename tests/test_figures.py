@@ -290,3 +290,12 @@ def test_checkpoint_restores_the_trained_parts_and_refuses_another_encoder(rcc_p
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     with pytest.raises(BenchError, match="not a readable run checkpoint"):
         load_checkpoint_record(tmp_path / "junk.pt")
+
+
+def test_the_command_line_offers_every_figure() -> None:
+    from bench.cli import build_parser
+    from bench.figures import FIGURES
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    name = next(a for a in commands["figure"]._actions if a.dest == "name")
+    assert list(name.choices) == list(FIGURES)

@@ -75,6 +75,19 @@ def test_figure_command_writes_png_and_pdf(run: dict, capsys, tmp_path: Path) ->
     assert pdf.read_bytes()[:5] == b"%PDF-"
 
 
+def test_km_figure_from_the_stored_predictions(run: dict, capsys, tmp_path: Path) -> None:
+    """The Kaplan–Meier figure reads the run's stored test predictions; rows not run are panels saying so."""
+    from bench.results import ResultStore
+
+    if not hasattr(ResultStore, "predictions"):
+        pytest.skip("this results store keeps no per-patient test predictions (the statistics change adds them)")
+    assert main(["figure", "km", *_args(run), "--out", str(tmp_path), "--json"]) == 0
+    figure = json.loads(capsys.readouterr().out)["figures"][0]
+    assert min(_png(Path(figure["files"][0]))) > 100
+    assert "median predicted risk of the test patients" in figure["caption"]
+    assert "ModalTune" in figure["caption"] and "Prov-Gigapath (cat)" in figure["caption"]
+
+
 def test_figure_bad_input_is_a_named_error(run: dict, capsys, tmp_path: Path) -> None:
     assert main(["figure", "km", "--case", "X", *_args(run)]) == 2
     assert "--case applies to the attention figure" in capsys.readouterr().err
@@ -197,7 +210,8 @@ def test_a_missing_image_is_caught_by_the_browser_check(report: dict, tmp_path: 
     gone = report["page"].images[0]
     (tmp_path / "copy" / gone).unlink()
     check = tmp_path / "copy" / "check.html"
-    check.write_text((tmp_path / "copy" / "index.html").read_text(encoding="utf-8").replace("</body>", CHECK + "</body>"))
+    page = (tmp_path / "copy" / "index.html").read_text(encoding="utf-8")
+    check.write_text(page.replace("</body>", CHECK + "</body>"))
     dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
                           "--dump-dom", check.as_uri()], capture_output=True, text=True, timeout=120, check=True).stdout
     body = _Body()

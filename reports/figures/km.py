@@ -108,7 +108,8 @@ def plot_km(ax, df: pd.DataFrame, title: str) -> KMStats:
     ax.set_xlabel("months")
     ax.set_ylabel("survival probability")
     ax.set_ylim(0.0, 1.05)
-    ax.text(0.03, 0.05, format_p(stats.p_value), transform=ax.transAxes, fontsize=8)
+    ax.text(0.03, 0.05, format_p(stats.p_value), transform=ax.transAxes, fontsize=8,
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8})
     ax.legend(loc="upper right")
     return stats
 
