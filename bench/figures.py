@@ -92,8 +92,19 @@ def load_context(store: str | Path | None = None, profile: str | None = None, ru
             latest = results.latest()
             profile = latest.profile if latest else "small"
         rows = results.rows(profile=profile)
+    use_profile_threads(profile)
     return FigureContext(store=path, profile=profile, rows=rows, runs_dir=Path(runs_dir or DEFAULT_RUNS_DIR),
                          weights=weights, seed=seed)
+
+
+def use_profile_threads(profile: str) -> None:
+    """Torch's intra-op threads as the profile's runs use them (one for tiny and small): the figures' forward
+    and backward passes are small, and two threads waiting on each other on a busy CPU cost ~20x the work."""
+    from bench.config import get_profile
+
+    threads = get_profile(profile).threads
+    if threads:
+        torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------------------- run selection

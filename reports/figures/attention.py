@@ -226,7 +226,10 @@ def attention_figure(maps: Sequence[AttentionMaps], title: str) -> Figure:
         for column, kind in enumerate(KINDS):
             ax = axes[row][column]
             values = getattr(patient, kind)
-            ax.set_title(f"{KIND_TITLES[kind]}, task prompt: {patient.task}", fontsize=7)
+            if row == 0:
+                ax.set_title(KIND_TITLES[kind], fontsize=8)
+            if column == 0:
+                ax.set_ylabel(f"task prompt: {patient.task}", fontsize=8)
             if values is None:
                 ax.text(0.5, 0.5, "no task prompt in this model", ha="center", va="center", transform=ax.transAxes)
                 ax.set_axis_off()
