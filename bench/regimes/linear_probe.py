@@ -35,5 +35,5 @@ class LinearProbe(Regime):
                                                                  plan.seed, plan.weights_tag))
         if env.force:  # --force recomputes everything, the cached embeddings included
             cache.unlink(missing_ok=True)
-        metrics = run_linear_probe(fitted.model, data[plan.site], cache, preprocessing=plan.options()["probe"])
-        return [Evaluation(plan.site, plan.task, metrics, data[plan.site])]
+        probed = run_linear_probe(fitted.model, data[plan.site], cache, preprocessing=plan.options()["probe"])
+        return [Evaluation(plan.site, plan.task, probed.metrics, data[plan.site], probed.predictions)]
