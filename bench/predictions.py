@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Predictions:
     """The test patients of one row, in one order: identity, targets and the model's output.
 
     ``probs`` (subtype rows) or ``risk`` (survival rows) is set, the other is None. A risk that could
-    not be computed (a Cox probe that did not converge) is NaN for every patient.
+    not be computed (a Cox probe that did not converge) is NaN for every patient. (Compared by
+    identity: its fields are arrays.)
     """
 
     case_ids: tuple[str, ...]

@@ -97,6 +97,25 @@ def test_schema_1_store_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
     conn.close()
 
 
+def test_table_ci_says_which_rows_have_no_predictions(tmp_path: Path, capsys) -> None:
+    """A row stored before schema 2 gets no interval, and `table --ci` says so instead of failing."""
+    from bench.cli import main
+
+    path = tmp_path / "v1.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_SCHEMA)
+    conn.execute("INSERT INTO results VALUES ('old','survival','snn','RCC',0,'tiny','c','f','supervised',"
+                 "'{\"test_c_index\": 0.61}','{}',3,1,3,0,1.0,1.0)")
+    conn.commit()
+    conn.close()
+    assert main(["table", "table2", "--store", str(path), "--ci"]) == 0
+    out = capsys.readouterr().out
+    snn = [line for line in out.splitlines() if line.startswith("| SNN")]
+    assert "0.610" in snn[1] and "no predictions" in snn[3]  # the table as before; no interval for the old row
+    assert "no predictions: SNN RCC survival" in out and "--force" in out
+    assert "Tests: none (no row has stored predictions)" in out
+
+
 def test_predictions_reject_mismatched_lengths() -> None:
     with pytest.raises(ValueError, match="2 outputs for 3 patients"):
         Predictions(("a", "b", "c"), np.zeros(3), np.zeros(3), np.zeros(3), risk=np.zeros(2))
