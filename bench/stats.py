@@ -47,6 +47,7 @@ CORRECTION = "Holm (step-down Holm-Bonferroni)"
 TIED_RISK_TOL = 1e-8  # scikit-survival's tied_tol: risks this close count as a tie (1/2)
 REFERENCE_MODELS = ("modaltune", "modaltune_titan")  # a table's reference row, where present
 OVERALL = "Overall"
+METRIC_TASKS = ("subtype", "survival")  # the tasks whose test metric rests on stored predictions
 
 
 # ---------------------------------------------------------------------------------------------- resampled metrics
@@ -168,9 +169,10 @@ class RowTest:
 
 @dataclass
 class TableStats:
-    """Everything ``--ci`` renders: ``cells[(task, model, site or "Overall")]``, ``tests[(task, model)]``,
-    the reference row per task, and the cells of rows stored without predictions."""
+    """Everything ``--ci`` renders: the ``tasks`` analysed, ``cells[(task, model, site or "Overall")]``,
+    ``tests[(task, model)]``, the reference row per task, and the cells of rows stored without predictions."""
 
+    tasks: tuple[str, ...] = ("subtype", "survival")
     cells: dict[tuple[str, str, str], CellCI] = field(default_factory=dict)
     tests: dict[tuple[str, str], RowTest] = field(default_factory=dict)
     reference: dict[str, str] = field(default_factory=dict)
@@ -280,9 +282,10 @@ def table_stats(rows: Sequence, load: Callable[[object], Predictions | None], mo
     ``sites`` its columns; ``overall`` adds the mean over sites as a column."""
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    tasks = [t for t in tasks if t in METRIC_TASKS]
     cells, missing = _cells(rows, load, models, sites, tasks)
     weights = _Weights(n_resamples, seed)
-    out = TableStats(no_predictions=missing, n_resamples=n_resamples, seed=seed)
+    out = TableStats(tasks=tuple(tasks), no_predictions=missing, n_resamples=n_resamples, seed=seed)
     for task in tasks:
         boot: dict[tuple[str, str], np.ndarray] = {}
         for model in models:

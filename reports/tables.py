@@ -223,7 +223,7 @@ def _fmt_test(test: Any, is_reference: bool, has_cells: bool, sites: Sequence[st
 
 def render_ci(ci: Any, rows: Sequence[TableRow], sites: Sequence[str], *, fmt: str = "md",
               tasks: Sequence[str] = ("subtype", "survival"), overall: bool = True) -> str:
-    """The bootstrap section of a table (``ci``: :class:`bench.stats.TableStats`): per task, each cell's
+    """The bootstrap section of a table (``ci``: :class:`bench.stats.TableStats`): per task it analysed, each cell's
     mean over seeds, 95 % interval and seed spread, each row's difference from the reference row with its
     p-value and corrected p-value, :data:`DIFFERS_MARK` on rows that differ; the method, level and
     correction stated under the tables, and the cells whose rows were stored without predictions."""
@@ -234,7 +234,7 @@ def render_ci(ci: Any, rows: Sequence[TableRow], sites: Sequence[str], *, fmt: s
     prefix = "> " if fmt == "md" else "% "
     parts = [f"## {100 * ci.level:.0f} % confidence intervals and paired tests (bootstrap over test patients)\n"
              if fmt == "md" else f"% {100 * ci.level:.0f} % confidence intervals and paired tests"]
-    for task in tasks:
+    for task in [t for t in tasks if t in ci.tasks]:
         reference = ci.reference.get(task)
         body = []
         for row in rows:

@@ -146,7 +146,9 @@ def test_same_store_same_intervals_and_the_seed_matters() -> None:
 def test_without_modaltune_the_best_row_is_the_reference_and_missing_predictions_are_listed() -> None:
     rows, preds = _planted(n=40)
     del preds[("abmil_cat", "RCC", "survival", 1)]  # a row stored before schema 2
-    stats = _stats([r for r in rows if r.model != "modaltune"], preds, models=("abmil", "abmil_cat"), n_resamples=100)
+    stats = _stats([r for r in rows if r.model != "modaltune"], preds, models=("abmil", "abmil_cat"), n_resamples=100,
+                   tasks=("subtype", "survival", "duration_bins"))
+    assert stats.tasks == ("subtype", "survival")  # a table section without predictions gets no intervals
     assert stats.reference == {"subtype": "abmil_cat", "survival": "abmil"}  # abmil_cat lacks RCC survival
     assert stats.no_predictions == [("survival", "abmil_cat", "RCC")]
     assert ("survival", "abmil_cat", "RCC") not in stats.cells and ("survival", "abmil_cat", OVERALL) not in stats.cells
