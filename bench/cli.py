@@ -370,7 +370,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
 def cmd_table(args: argparse.Namespace) -> int:
     from bench.reporting import render_table
 
-    text = render_table(args.table, store=args.store, profile=args.profile, fmt=args.format)
+    text = render_table(args.table, store=args.store, profile=args.profile, fmt=args.format, ci=args.ci)
     if args.out:
         from bench.data.format import atomic_path
 
@@ -569,6 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="md", choices=["md", "latex", "csv"])
     p.add_argument("--out", type=_output_file)
     p.add_argument("--profile", choices=PROFILE_NAMES, help="default: the profile of the latest run")
+    p.add_argument("--ci", action="store_true",
+                   help="add 95%% bootstrap intervals and paired tests vs the reference row (from stored predictions)")
     _add_store(p)
     p.set_defaults(func=cmd_table)
 

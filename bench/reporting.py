@@ -9,13 +9,16 @@ from bench.errors import BenchError
 from bench.grids import GRIDS, GridSpec, get_grid
 from bench.registry import all_models
 from bench.results import ResultStore, store_path
+from bench.stats import TableStats, table_stats
 from bench.train.collapse import COLLAPSE_RULE
 from models.paper.reference import delta_reference, published_deltas
 from reports.tables import DeltaRow, TableRow, render, render_deltas
 
 
-def render_table(table: str, *, store: str | Path | None = None, profile: str | None = None, fmt: str = "md") -> str:
-    """Render ``table`` from the store alone (rows of the chosen profile) beside the paper's figures."""
+def render_table(table: str, *, store: str | Path | None = None, profile: str | None = None, fmt: str = "md",
+                 ci: bool = False) -> str:
+    """Render ``table`` from the store alone (rows of the chosen profile) beside the paper's figures;
+    ``ci`` adds the bootstrap intervals and paired tests from the stored predictions (:mod:`bench.stats`)."""
     grid = get_grid(table)
     path = store_path(str(store) if store else None)
     if not path.is_file():
@@ -53,9 +56,17 @@ def render_table(table: str, *, store: str | Path | None = None, profile: str | 
                       "relative to a reference row, in its text (the last table: ours beside those)")
     shown = [r for r in rows if r.model in {name for name, _ in grid.rows}]
     header.extend(evaluation_lines(shown))
+    stats = table_intervals(path, grid, shown) if ci else None
     text = render(table_rows, grid.sites, rows, table_key=grid.name, title=grid.title, header_lines=header, fmt=fmt,
-                  tasks=grid.sections or grid.tasks, overall=grid.overall, collapse_rule=COLLAPSE_RULE)
+                  tasks=grid.sections or grid.tasks, overall=grid.overall, collapse_rule=COLLAPSE_RULE, ci=stats)
     return text + render_deltas(deltas, grid.sites, rows, fmt=fmt) if deltas else text
+
+
+def table_intervals(path: Path, grid: GridSpec, rows: list) -> TableStats:
+    """The bootstrap intervals and paired tests of ``grid``'s ``rows`` from their stored predictions."""
+    with ResultStore(path) as results:
+        return table_stats(rows, lambda r: results.prediction_set(r.run_id, r.site, r.task),
+                           [name for name, _ in grid.rows], grid.sites, tasks=grid.tasks, overall=grid.overall)
 
 
 def delta_rows(grid: GridSpec) -> list[DeltaRow]:

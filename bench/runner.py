@@ -275,8 +275,9 @@ def _train(req: RunRequest, plan: RunPlan, regime: Regime, config: RunConfig) ->
                       n_train=len(ev.data.splits["train"]), n_val=len(ev.data.splits["val"]),
                       n_test=len(ev.data.splits["test"]), n_excluded=ev.data.n_excluded, seconds=seconds)
             for ev in evaluations]
+    predictions = {(run_id, ev.site, ev.task): ev.predictions for ev in evaluations if ev.predictions is not None}
     with ResultStore(_store(req)) as store:
-        store.write(rows)
+        store.write(rows, predictions)
     return _report(rows, status="ran")
 
 

@@ -21,6 +21,7 @@ from bench.config import Profile
 from bench.data.cohort import Cohort
 from bench.data.dataset import SiteData
 from bench.errors import BenchError
+from bench.predictions import Predictions
 from models.base import ModelContext
 from models.registry import ModelEntry
 
@@ -94,12 +95,14 @@ class Fitted:
 
 @dataclass
 class Evaluation:
-    """The metrics of one stored row and the data they were measured on (counts of the row)."""
+    """The metrics of one stored row, the data they were measured on (counts of the row) and the
+    per-patient test predictions the test metric was computed from (stored with the row)."""
 
     site: str
     task: str
     metrics: dict[str, float]
     data: SiteData
+    predictions: Predictions | None = None
 
 
 class Regime(ABC):

@@ -70,11 +70,14 @@ class TextDistill(Regime):
         outcome = train_distill(model, projector, data, plan.profile.distill, run_dir=env.run_dir,
                                 loggers=env.loggers, progress=env.progress, loss=loss, preprocessing=options["probe"])
         return Fitted(model=model, best_epoch=outcome.best_epoch,
-                      extra={"metrics": outcome.metrics, "diagnostics": outcome.diagnostics})
+                      extra={"metrics": outcome.metrics, "diagnostics": outcome.diagnostics,
+                             "predictions": outcome.predictions})
 
     def evaluate(self, plan: RunPlan, data: dict[str, SiteData], fitted: Fitted, env: RunEnv) -> list[Evaluation]:
         metrics, diagnostics = fitted.extra["metrics"], fitted.extra["diagnostics"]
-        return [Evaluation(s, t, {**metrics[s][t], "best_epoch": fitted.best_epoch, **diagnostics}, data[s])
+        predictions = fitted.extra["predictions"]
+        return [Evaluation(s, t, {**metrics[s][t], "best_epoch": fitted.best_epoch, **diagnostics}, data[s],
+                           predictions[s][t])
                 for s in data for t in ("subtype", "survival")]
 
 

@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader
 
 from bench import metrics as M
 from bench.config import Profile
-from bench.data.dataset import SiteData, collate
+from bench.data.dataset import PatientDataset, SiteData, collate
+from bench.predictions import Predictions
 from models import tasks
 from models.base import BenchModel
 
@@ -116,6 +117,7 @@ class TrainOutcome:
     metrics: dict[str, float]
     best_epoch: int
     val_history: list[float]
+    predictions: Predictions | None = None  # the selected checkpoint's test predictions
 
 
 def train_supervised(model: BenchModel, data: SiteData, profile: Profile, *, run_dir: Path,
@@ -148,7 +150,17 @@ def train_supervised(model: BenchModel, data: SiteData, profile: Profile, *, run
     test_logits, test_t = predict_logits(model, test_loader, device)
     metrics = {f"val_{k}": v for k, v in evaluate_logits(val_logits, val_t, data.task, data.train_survival).items()}
     metrics.update({f"test_{k}": v for k, v in evaluate_logits(test_logits, test_t, data.task, data.train_survival).items()})
-    return TrainOutcome(metrics=metrics, best_epoch=best_epoch, val_history=module.val_history)
+    return TrainOutcome(metrics=metrics, best_epoch=best_epoch, val_history=module.val_history,
+                        predictions=predictions_of_logits(test_ds, test_logits, data.task))
+
+
+def predictions_of_logits(dataset: PatientDataset, logits: torch.Tensor, task: str) -> Predictions:
+    """The test predictions behind the test metrics: class probabilities or risk of ``logits``
+    (``[n, K]``, the rows of ``dataset`` in order, as an unshuffled loader yields them)."""
+    prediction = tasks.task_prediction(logits, task).numpy()
+    if task == "subtype":
+        return Predictions.of(dataset, probs=prediction)
+    return Predictions.of(dataset, risk=prediction)
 
 
 def configure_determinism() -> None:
