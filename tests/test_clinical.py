@@ -5,7 +5,6 @@ parameter count against the formula) and the Table 10 grid and rendering."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -304,33 +303,27 @@ def test_clinical_enters_the_run_id_and_leaves_modaltunes_unchanged(rcc_cohort: 
     assert "clinical" not in configs["modaltune"].resolved_model["config"], "earlier ModalTune run ids still hold"
 
 
-def test_a_tiny_clinical_run_reads_the_encoded_vector(rcc_cohort: Path, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """Through the text_distill regime (one epoch): the model gets age and staging at RCC, zeros for the
-    BRCA-only variables, and both tasks are stored."""
-    import bench.train.distill as distill
-    from bench.regimes.base import RunEnv
-    from bench.regimes.text_distill import TextDistill
+def test_the_regime_hands_the_model_the_encoded_vector(rcc_cohort: Path) -> None:
+    """Through the text_distill regime's data and model: at RCC the model gets age (standardised on the
+    training split) and staging, zeros for the BRCA-only variables, and embeds every task."""
+    from bench.data.dataset import collate
+    from bench.regimes.text_distill import TextDistill, build_for_text
     from bench.runner import RunRequest, plan_run
 
-    seen = []
-    step = distill.DistillModule.training_step
-
-    def record(self, batch, batch_idx):
-        seen.append(batch["clinical"].clone())
-        return step(self, batch, batch_idx)
-
-    monkeypatch.setattr(distill.DistillModule, "training_step", record)
     plan = plan_run(RunRequest(model="modaltune_clinical", site="rcc", profile="tiny", cohort=rcc_cohort))
-    plan = replace(plan, profile=plan.profile.model_copy(
-        update={"distill": plan.profile.distill.model_copy(update={"epochs": 1})}))
-    evaluations = TextDistill().run(plan, RunEnv(run_dir=tmp_path, loggers=[]))
-    x = torch.cat(seen)
+    data = TextDistill().prepare(plan)["RCC"]
     at = _offsets()
-    assert x.shape[1] == 44 and (x[:, at["treatment_type"]:] == 0).all()
-    assert (x[:, at["stage"]:at["treatment_type"]].sum(dim=1) == 4).all(), "stage, T, N, M: one number each"
-    assert x[:, at["age"]].abs().max() > 0.5
-    assert {(e.site, e.task) for e in evaluations} == {("RCC", "subtype"), ("RCC", "survival")}
+    train = data.splits["train"].clinical
+    assert train.shape[1] == 44 and (train[:, at["treatment_type"]:] == 0).all()
+    assert (train[:, at["stage"]:at["treatment_type"]].sum(axis=1) == 4).all(), "stage, T, N, M: one number each"
+    known = train[train[:, at["age"] + 1] == 0, at["age"]]
+    assert abs(known.mean()) < 1e-5 and known.std() == pytest.approx(1.0, abs=1e-4)
+    model = build_for_text(plan, int(data.splits["train"].text.shape[-1])).eval()
+    batch = collate([data.splits["test"][i] for i in range(2)])
+    assert batch["clinical"].shape == (2, 44)
+    with torch.no_grad():
+        out = model.forward_tasks(batch)
+    assert out.shape == (2, 3, model.embed_dim) and torch.isfinite(out).all()
 
 
 # ------------------------------------------------------------------------------------------- Table 10
