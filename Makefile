@@ -12,12 +12,13 @@ TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
 UV_VERSION := 0.13.9
 WHEELS ?= /opt/wheels
 
-.PHONY: install lock test tables table2 table3 table7 table8 table9 table11 drift-record clean help
+.PHONY: install lock test tables table2 table3 table7 table8 table9 table10 table11 drift-record clean help
 
 help:
 	@echo "make table2   run the Table 2 grid (missing runs only) on the embedded synthetic cohort and render it"
 	@echo "make table3   the same for Table 3 (out-of-distribution sites); table7: text embedding probes;"
-	@echo "              table8: ModalTune ablations; table9: TITAN; table11: TITAN out of distribution"
+	@echo "              table8: ModalTune ablations; table9: TITAN; table10: clinical data;"
+	@echo "              table11: TITAN out of distribution"
 	@echo "make tables   every table above (runs shared between tables are computed once)"
 	@echo "make test     install if needed, run pytest and the drift check"
 	@echo "make lock     refresh requirements.lock from pyproject.toml's ranges (needs the package registry)"
@@ -42,7 +43,7 @@ test: $(STAMP)
 	$(PY) -m bench drift check
 
 # One target per paper table: run the grid's missing runs, then render Markdown, LaTeX and CSV.
-TABLES := table2 table3 table7 table8 table9 table11
+TABLES := table2 table3 table7 table8 table9 table10 table11
 tables: $(TABLES)
 
 $(TABLES): %: $(STAMP)

@@ -213,7 +213,7 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     report = import_modaltune(args.splits, args.out, sites=_csv_list(args.sites) if args.sites else None,
                               features_root=args.features_root, rna_csvs=args.rna or (), pathways_csv=args.pathways,
                               families_csv=args.families, all_patients=args.all_patients,
-                              rna_duplicates=args.rna_duplicates)
+                              rna_duplicates=args.rna_duplicates, clinical_csv=args.clinical)
     if args.json:
         _emit(report.to_dict())
     else:
@@ -482,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--pathways", type=_input_file, help="combine_comps.csv (gene x pathway)")
     q.add_argument("--families", type=_input_file, help="MCAT signatures.csv, or a gene,family CSV")
     q.add_argument("--all-patients", action="store_true", help="keep patients with gene_availability != 1 too")
+    q.add_argument("--clinical", type=_input_file,
+                   help="CSV keyed by TCGA barcode (case_submitter_id) with any of treatment_type, er_status, "
+                        "pr_status, her2_status (read by ModalTune w/ Clinical at BRCA)")
     q.add_argument("--rna-duplicates", default="error", choices=["error", "mean", "first"],
                    help="a patient on several rows of one --rna file: refuse (default, lists them all), average the "
                         "rows per gene, or keep the first row; the patients are named in the report and cohort.json")

@@ -147,6 +147,13 @@ TABLE7 = GridSpec(
     sections=("subtype", "duration_bins", "survival_nostage", "survival"),
 )
 
+TABLE10 = GridSpec(
+    name="table10",
+    title="Table 10: clinical data — subtype (balanced accuracy) and survival (C-index)",
+    rows=(("modaltune", "ModalTune"), ("modaltune_clinical", "ModalTune w/ Clinical")),
+    sites=IN_DOMAIN_SITES,
+)
+
 TABLE11 = GridSpec(
     name="table11",
     title="Table 11: TITAN out of distribution — subtype (balanced accuracy) and survival (C-index)",
@@ -156,7 +163,7 @@ TABLE11 = GridSpec(
     overall=False,
 )
 
-GRIDS: dict[str, GridSpec] = {g.name: g for g in (TABLE2, TABLE3, TABLE7, TABLE8, TABLE9, TABLE11)}
+GRIDS: dict[str, GridSpec] = {g.name: g for g in (TABLE2, TABLE3, TABLE7, TABLE8, TABLE9, TABLE10, TABLE11)}
 
 
 def get_grid(name: str) -> GridSpec:
