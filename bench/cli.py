@@ -336,7 +336,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                "profile": results[0]["profile"], "tasks": tasks, "runs": results})
         return 0
     for result in results:
-        shown = {k: round(v, 4) for k, v in result["metrics"].items() if k.startswith("test_")}
+        shown = {k: round(v, 4) for k, v in result["metrics"].items() if k.startswith("test_") and isinstance(v, float)}
         print(f"{result['status']}: {result['model']} {result['site']} {result['task']} seed {result['seed']} "
               f"({result['profile']}) run {result['run_id']}: {shown}")
     return 0

@@ -402,21 +402,31 @@ def _store(req: RunRequest) -> Path:
 
 
 def _report(rows: list[ResultRow], status: str) -> dict[str, Any]:
-    """The ``run --json`` object; a multitask run merges both tasks' metrics, a pan-cancer run nests them by site."""
+    """The ``run --json`` object; a multitask run merges both tasks' metrics, a pan-cancer run nests them by site.
+
+    A run trained on one site that also stores out-of-distribution rows (a ModalTune BRCA run deployed to
+    COADREAD/BLCA) reports its own site's metrics, and the deployed sites' under ``deployed``."""
     first = rows[0]
     by_site: dict[str, dict[str, Any]] = {}
     for row in rows:
         by_site.setdefault(row.site, {}).update(row.metrics)
-    sites = sorted(by_site)
+    site = str(first.config.get("site", first.site)).upper()
+    own = site if site in by_site else (next(iter(by_site)) if len(by_site) == 1 else None)
+    if own is None:
+        metrics: dict[str, Any] = {"sites": by_site}
+    else:
+        deployed = {name: values for name, values in by_site.items() if name != own}
+        metrics = {**by_site[own], **({"deployed": deployed} if deployed else {})}
+    counted = [r for r in rows if r.task == first.task and (own is None or r.site == own)]
     return {
         "run_id": first.run_id, "status": status, "model": first.model,
-        "site": sites[0] if len(sites) == 1 else PANCANCER, "task": first.config.get("task", first.task),
+        "site": own or PANCANCER, "task": first.config.get("task", first.task),
         "seed": first.seed, "profile": first.profile,
-        "metrics": by_site[sites[0]] if len(sites) == 1 else {"sites": by_site},
-        "n_train": sum(r.n_train for r in rows if r.task == first.task),
-        "n_val": sum(r.n_val for r in rows if r.task == first.task),
-        "n_test": sum(r.n_test for r in rows if r.task == first.task),
-        "n_excluded": sum(r.n_excluded for r in rows if r.task == first.task), "seconds": round(first.seconds, 3),
+        "metrics": metrics,
+        "n_train": sum(r.n_train for r in counted),
+        "n_val": sum(r.n_val for r in counted),
+        "n_test": sum(r.n_test for r in counted),
+        "n_excluded": sum(r.n_excluded for r in counted), "seconds": round(first.seconds, 3),
     }
 
 
