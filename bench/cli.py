@@ -224,7 +224,7 @@ def _add_executor(p: argparse.ArgumentParser) -> None:
 def _slurm(args: argparse.Namespace) -> Any:
     """The jobs' :class:`~bench.executors.SlurmSettings` (None unless ``--executor slurm``); SLURM
     options without it are refused rather than ignored."""
-    from bench.executors import load_slurm_settings
+    from bench.executors import check_executor, load_slurm_settings
 
     flags = {"partition": args.slurm_partition, "gpus": args.slurm_gpus, "time": args.slurm_time,
              "mem": args.slurm_mem}
@@ -233,7 +233,9 @@ def _slurm(args: argparse.Namespace) -> Any:
         if given:
             raise BenchError(f"{', '.join(given)} set the SLURM jobs of --executor slurm; add it, or drop them")
         return None
-    return load_slurm_settings(args.slurm_config, **flags)
+    settings = load_slurm_settings(args.slurm_config, **flags)
+    check_executor("slurm")
+    return settings
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -481,6 +483,8 @@ def _grid_tune_requests(args: argparse.Namespace, common: dict[str, Any]) -> tup
                                               [s for s in grid.sites if s in cohort.sites])]
     cells = grid_cells(grid, models=resolve_models(args.models) if args.models else None, sites=sites,
                        seeds=[args.seed])
+    if common.pop("weights"):
+        raise BenchError("--weights is one model's checkpoint: tune that model with --model (grids take none)")
     registry = all_models()
     evaluation = {k: common.pop(k) for k in ("text_spec", "text_weights", "overrides", "run_options")}
     requests, skipped = [], []

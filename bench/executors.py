@@ -151,6 +151,17 @@ def slurm_parameters(settings: SlurmSettings) -> dict[str, Any]:
     return out
 
 
+def check_executor(kind: str) -> None:
+    """Refuse an unknown executor, or ``slurm`` on a machine without SLURM's commands, before anything runs."""
+    import shutil
+
+    if kind not in EXECUTORS:
+        raise BenchError(f"unknown executor {kind!r}; valid executors: {', '.join(EXECUTORS)}")
+    if kind == "slurm" and (shutil.which("sbatch") is None or shutil.which("srun") is None):
+        raise BenchError("--executor slurm: no `sbatch`/`srun` on this machine; run the driver on a SLURM login node, "
+                         "or use --executor local")
+
+
 def make_executor(kind: str, folder: Path, settings: SlurmSettings | None, name: str) -> Any:
     """A submitit executor writing its files under ``folder``: ``local`` (one subprocess per job, no
     time limit to speak of, this machine's GPUs visible) or ``slurm`` (``settings``)."""
@@ -348,6 +359,7 @@ def run_grid_jobs(grid: GridJobs, bar: Any) -> tuple[dict[int, dict[str, Any]], 
     """Run every request as a job (at most ``grid.limit`` out at once) and store each result as it
     comes back; returns (results, one-line errors), both keyed by request index, like the in-process
     grid. A run another process claims is retried until that process has stored it or let it go."""
+    check_executor(grid.executor)
     waiting: list[tuple[int, float]] = [(i, 0.0) for i in range(len(grid.requests))]
     inflight: dict[int, tuple[Tracked, Any]] = {}
     limit = grid.limit or len(grid.requests) or 1
@@ -459,6 +471,7 @@ def run_jobs(calls: list[tuple[str, Callable[[Any], Any], Any]], executor: str, 
     at once) and wait for all; each entry ``(True, result)`` or ``(False, one-line reason)``.
 
     No ledger: for work that keeps its own state (an Optuna study's workers), rerunning is resuming."""
+    check_executor(executor)
     limit = limit or len(calls) or 1
     poll = POLL_S.get(executor, 1.0)
     pending = list(range(len(calls)))

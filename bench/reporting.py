@@ -56,7 +56,7 @@ def render_table(table: str, *, store: str | Path | None = None, profile: str | 
         labels = dict(grid.rows)
         header.append(f"{TUNED_MARK} tuned with Optuna on validation data only (the best of N trials per site and "
                       f"task, `python -m bench tune`): " + "; ".join(
-                          f"{labels[m]}: {'/'.join(map(str, sorted(n)))} trials" for m, n in trials.items()))
+                          f"{labels[m]}: {'/'.join(map(str, sorted(n)))} trial{'' if n == {1} else 's'}" for m, n in trials.items()))
     text = render(table_rows, grid.sites, rows, table_key=grid.name, title=grid.title, header_lines=header, fmt=fmt,
                   overall=grid.overall, collapse_rule=COLLAPSE_RULE)
     return text + render_deltas(deltas, grid.sites, rows, fmt=fmt) if deltas else text

@@ -33,11 +33,13 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
+from bench.data.cohort import Cohort
 from bench.errors import BenchError
 
 if TYPE_CHECKING:
     from bench.config import Profile
-    from bench.data.cohort import Cohort
     from bench.runner import RunRequest
     from models.registry import ModelEntry
 
@@ -170,7 +172,7 @@ def best_request(req: RunRequest, entry: ModelEntry, site: str, task: str, cohor
 
     if not entry.tuning_space():
         raise BenchError(f"--params best: model {entry.name} ({entry.regime} regime) has nothing to tune (a frozen "
-                         "encoder's linear probes have no training hyper-parameters); drop --params best")
+                         "encoder's linear probes, or a transfer row); drop --params best")
     tuned = replace(req, seed=req.tune_seed)
     name = study_name(tuned, entry, site, task, cohort)
     url = storage_url(req.tune_storage, req.store)
@@ -242,18 +244,24 @@ def suggest(trial: Any, space: tuple, settings: Any) -> dict[str, Any]:
     return values
 
 
+class ValidationView(Cohort):
+    """A cohort whose sites' patients are selected without the test split, the validation patients
+    standing in as the test split (:func:`validation_view`); the patient table itself stays whole."""
+
+    def site_patients(self, site: str) -> pd.DataFrame:
+        """The site's training and validation patients, then its validation patients again as ``test``."""
+        rows = super().site_patients(site)
+        kept = rows[rows["split"] != "test"]
+        return pd.concat([kept, kept[kept["split"] == "val"].assign(split="test")], ignore_index=True)
+
+
 def validation_view(cohort: Cohort) -> Cohort:
-    """The cohort a trial sees: its test patients removed and its validation patients standing in as
-    the test split, so a trial's every step (including a regime's "test" metrics, which are then
-    validation metrics) reads only training and validation patients."""
-    import dataclasses
-
-    import pandas as pd
-
-    patients = cohort.patients
-    kept = patients[patients["split"] != "test"]
-    stand_in = kept[kept["split"] == "val"].assign(split="test")
-    return dataclasses.replace(cohort, patients=pd.concat([kept, stand_in], ignore_index=True))
+    """The cohort a trial sees: every step of a trial (a regime's "test" metrics included, which are
+    then validation metrics) reads only training and validation patients, since every regime selects
+    a site's patients through :meth:`Cohort.site_patients`. The patient table is left whole, so what
+    is checked against it (the text prompts' cache) still matches."""
+    return ValidationView(root=cohort.root, manifest=cohort.manifest, patients=cohort.patients,
+                          problems=list(cohort.problems))
 
 
 def objective_value(evaluations: list, sites: list[str]) -> float:
@@ -277,7 +285,6 @@ class Objective:
     """One trial: the run of ``base`` with the trial's values, on the validation view of the cohort."""
 
     def __init__(self, spec: dict[str, Any]):
-        from bench.data.cohort import Cohort
         from bench.registry import get_model
         from bench.runner import RunRequest
 
@@ -408,7 +415,8 @@ def prepare_study(req: RunRequest, trials: int, storage: str) -> dict[str, Any]:
     space = plan.entry.tuning_space()
     if not space:
         raise BenchError(f"model {plan.entry.name} ({plan.entry.regime} regime) has nothing to tune: a frozen "
-                         "encoder's linear probes have no training hyper-parameters")
+                         "encoder's linear probes have no training hyper-parameters, and a transfer row has no "
+                         "validation metric of its own (it is measured only where it is deployed)")
     if plan.entry.regime == "text_distill":  # built from every patient, once, before any trial sees a view
         from bench.regimes.text_distill import text_encoder
 

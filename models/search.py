@@ -10,7 +10,8 @@ A search space is a tuple of :class:`Param`. Each parameter goes to one place:
 
 A model declares its space next to its registration (``register_model(..., search_space=...)``);
 one that declares none gets its regime's default (:func:`space_for`): the training settings for the
-trained regimes, nothing for ``linear_probe`` (a frozen encoder's probes have nothing to tune).
+``supervised`` and ``text_distill`` regimes, nothing for ``linear_probe`` (a frozen encoder's probes)
+or ``transfer`` (measured only out of distribution).
 
 ``epochs`` is declared relative to the profile (``relative=True``: bounds are multiples of the
 profile's value, rounded, at least 1), so one declaration fits ``tiny``, ``small`` and ``paper``.
@@ -116,11 +117,13 @@ TRAINING_SPACE: SearchSpace = (
     Param("epochs", "train", "int", 0.5, 2.0, relative=True),
 )
 
-#: A regime's default space, for a model that declares none.
+#: A regime's default space, for a model that declares none. A ``transfer`` row is measured only where
+#: it is deployed (its own site stores no row), so it has no validation objective of its own; a
+#: ``linear_probe`` row has no training at all.
 REGIME_SPACES: dict[str, SearchSpace] = {
     "supervised": TRAINING_SPACE,
-    "transfer": TRAINING_SPACE,
     "text_distill": TRAINING_SPACE,
+    "transfer": (),
     "linear_probe": (),
 }
 

@@ -5,6 +5,7 @@ settings reach submitit's SLURM executor as its own parameters."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -80,6 +81,9 @@ def test_slurm_times_and_bad_settings(tmp_path: Path, capsys: pytest.CaptureFixt
         load_slurm_settings(config)
     assert main(["grid", "table2", "--profile", "tiny", "--slurm-partition", "gpu"]) == 2
     assert "--slurm-partition set the SLURM jobs of --executor slurm" in capsys.readouterr().err
+    if shutil.which("sbatch") is None:  # this machine (CI) has no SLURM: refused before anything is planned
+        assert main(["grid", "table2", "--profile", "tiny", "--executor", "slurm", "--slurm-time", "1:00:00"]) == 2
+        assert "no `sbatch`/`srun` on this machine" in capsys.readouterr().err
 
 
 def test_local_executor_grid_equals_in_process_and_survives_a_killed_driver(

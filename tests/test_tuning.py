@@ -80,7 +80,7 @@ def test_a_search_never_reads_the_test_split(rcc_copy: Path, tmp_path: Path, cap
     test = cohort.patients[cohort.patients["split"] == "test"]
     for slide in (s for ids in test["slide_ids"] for s in str(ids).split(";") if s):
         (rcc_copy / "features" / f"{slide}.h5").unlink()
-    view = validation_view(cohort).patients
+    view = validation_view(cohort).site_patients("RCC")
     assert not set(view["case_id"]) & set(test["case_id"])
     assert sorted(view.loc[view["split"] == "test", "case_id"]) == sorted(view.loc[view["split"] == "val", "case_id"])
 
