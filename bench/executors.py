@@ -5,7 +5,9 @@ Only the driver (the ``bench grid`` process) writes the SQLite results store: a 
 trains its run and *returns* its result rows (:func:`compute_run`), and the driver stores them, so
 a store on a network file system never has more than one writer. Each run's job lives in its own
 folder ``jobs/<run id>/`` beside the results store, with a ledger (``job.json``: the executor and
-job id) written as soon as it is submitted and removed once its rows are stored. A driver that is
+job id) written as soon as it is submitted (a driver killed before writing it finds the job from
+the submission file submitit left) and removed, with the job's pickles, once its rows are stored
+(its logs stay). A driver that is
 killed and restarted reads the ledgers of the runs still missing: a finished job's rows are
 collected, a job still queued or running is waited for, and only a run whose job is gone (or
 failed) is submitted again. The driver claims each run in the store while its job is out
@@ -230,17 +232,33 @@ class Ledger:
                                        "submitted_at": self.submitted_at, "host": self.host}, indent=2) + "\n")
 
     @classmethod
-    def read(cls, folder: Path) -> Ledger | None:
-        """The ledger in ``folder``, or None if there is none (or it is unreadable: resubmit)."""
+    def read(cls, folder: Path, executor: str) -> Ledger | None:
+        """The ledger in ``folder``. Without one (a driver killed between submitting the job and writing
+        its ledger), the job whose submission submitit left there, taken to be ``executor``'s and
+        this host's; None if there is neither (or the ledger is unreadable: resubmit)."""
         try:
             data = json.loads((folder / LEDGER).read_text())
+        except FileNotFoundError:
+            submitted = sorted(folder.glob("*_submitted.pkl"), key=lambda p: p.stat().st_mtime)
+            if not submitted:
+                return None
+            job_id = submitted[-1].name.removesuffix("_submitted.pkl")
+            return cls(folder, executor, job_id, submitted[-1].stat().st_mtime, socket.gethostname())
+        except (OSError, ValueError):
+            return None
+        try:
             return cls(folder, str(data["executor"]), str(data["job_id"]), float(data["submitted_at"]),
                        str(data["host"]))
-        except (OSError, ValueError, KeyError, TypeError):
+        except (KeyError, TypeError, ValueError):
             return None
 
     def remove(self) -> None:
-        (self.folder / LEDGER).unlink(missing_ok=True)
+        """Forget the job once its rows are stored: its ledger and its pickles go (its logs stay)."""
+        from submitit.core.utils import JobPaths
+
+        paths = JobPaths(self.folder, self.job_id, 0)
+        for path in (paths.submitted_pickle, paths.result_pickle, self.folder / LEDGER):
+            path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -411,7 +429,7 @@ def _start(grid: GridJobs, i: int) -> tuple[Tracked, Any] | str:
             grid.outcomes[i] = _report(store.get(run_id), status="cached")
             return "cached"
     folder = grid.root() / run_id
-    ledger = Ledger.read(folder)
+    ledger = Ledger.read(folder, grid.executor)
     tracked = reattach(ledger) if ledger is not None and ledger.executor == grid.executor else None
     if tracked is not None:
         log.info("run %s: found job %s of a previous driver; collecting it", run_id, ledger.job_id)

@@ -17,7 +17,7 @@ import pytest
 
 from bench.cli import main
 from bench.errors import BenchError
-from bench.executors import load_slurm_settings, make_executor, slurm_minutes, slurm_parameters
+from bench.executors import Ledger, load_slurm_settings, make_executor, slurm_minutes, slurm_parameters
 from bench.grids import TABLE2, run_grid
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,6 +86,21 @@ def test_slurm_times_and_bad_settings(tmp_path: Path, capsys: pytest.CaptureFixt
         assert "no `sbatch`/`srun` on this machine" in capsys.readouterr().err
 
 
+def test_a_job_is_found_again_without_its_ledger_and_forgotten_once_stored(tmp_path: Path) -> None:
+    """A driver killed between submitting a job and writing its ledger: the submission file names the job."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in ("4242_submitted.pkl", "4242_0_result.pkl", "4242_0_log.err"):
+        (folder / name).write_text("x")
+    ledger = Ledger.read(folder, "local")
+    assert (ledger.executor, ledger.job_id) == ("local", "4242")
+    Ledger(folder, "slurm", "77", 0.0, "login1").write()
+    assert (Ledger.read(folder, "local").executor, Ledger.read(folder, "local").job_id) == ("slurm", "77")
+    ledger.remove()
+    assert sorted(p.name for p in folder.iterdir()) == ["4242_0_log.err"]
+    assert Ledger.read(folder, "local") is None
+
+
 def test_local_executor_grid_equals_in_process_and_survives_a_killed_driver(
         rcc_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A four-run grid through submitit's local executor, its driver killed (SIGKILL) once a row is
@@ -114,7 +129,8 @@ def test_local_executor_grid_equals_in_process_and_survives_a_killed_driver(
     assert len(rows) == 4 and stored_before <= set(rows)
     attempts = list((tmp_path / "runs").glob("*/*/attempt-*"))
     assert len(attempts) == 4 and len({a.parent for a in attempts}) == 4, f"a run was trained twice: {attempts}"
-    assert not list((tmp_path / "jobs").glob("*/job.json")), "every collected job's ledger is removed"
+    assert not list((tmp_path / "jobs").glob("*/job.json")) and not list((tmp_path / "jobs").glob("*/*.pkl")), \
+        "every collected job is forgotten (its logs stay)"
     with sqlite3.connect(store) as conn:
         assert conn.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
 
