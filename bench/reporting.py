@@ -28,10 +28,12 @@ def render_table(table: str, *, store: str | Path | None = None, profile: str | 
         if profile is None:
             latest = results.latest()
             profile = latest.profile if latest else "small"
-        rows = results.rows(profile=profile)
+        rows = prefer_tuned(results.rows(profile=profile))
     prof = get_profile(profile)
     registry = all_models()
-    table_rows = [TableRow(name, label, name in registry) for name, label in grid.rows]
+    trials = tuned_trials([r for r in rows if r.model in {name for name, _ in grid.rows}])
+    table_rows = [TableRow(name, label, name in registry, TUNED_MARK if name in trials else "")
+                  for name, label in grid.rows]
     cohorts = sorted({r.cohort for r in rows})
     header = [f"profile: {prof.name}" + (" (model widths narrowed and fewer epochs than the paper; not comparable "
                                          "in absolute value)" if prof.narrowed else ""),
@@ -56,6 +58,11 @@ def render_table(table: str, *, store: str | Path | None = None, profile: str | 
                       "relative to a reference row, in its text (the last table: ours beside those)")
     shown = [r for r in rows if r.model in {name for name, _ in grid.rows}]
     header.extend(evaluation_lines(shown))
+    if trials:
+        labels = dict(grid.rows)
+        header.append(f"{TUNED_MARK} tuned with Optuna on validation data only (the best of N trials per site and "
+                      f"task, `python -m bench tune`): " + "; ".join(
+                          f"{labels[m]}: {'/'.join(map(str, sorted(n)))} trial{'' if n == {1} else 's'}" for m, n in trials.items()))
     stats = table_intervals(path, grid, shown) if ci else None
     text = render(table_rows, grid.sites, rows, table_key=grid.name, title=grid.title, header_lines=header, fmt=fmt,
                   tasks=grid.sections or grid.tasks, overall=grid.overall, collapse_rule=COLLAPSE_RULE, ci=stats)
@@ -67,6 +74,38 @@ def table_intervals(path: Path, grid: GridSpec, rows: list) -> TableStats:
     with ResultStore(path) as results:
         return table_stats(rows, lambda r: results.prediction_set(r.run_id, r.site, r.task),
                            [name for name, _ in grid.rows], grid.sites, tasks=grid.tasks, overall=grid.overall)
+
+
+TUNED_MARK = "‡"
+
+
+def _tuned_trials(row) -> int | None:
+    """The trial count of the study a stored row's run was tuned with (None: not tuned)."""
+    value = (row.config.get("options") or {}).get("tuned_trials")
+    return int(value) if value is not None else None
+
+
+def prefer_tuned(rows: list) -> list:
+    """Where a (model, site, task, seed) cell has tuned runs (``--params best``), its rows are those
+    of the run tuned with the most trials (the latest of equals); cells never tuned keep every row."""
+    best: dict[tuple, tuple[int, float]] = {}
+    for row in rows:
+        n = _tuned_trials(row)
+        if n is not None:
+            key = (row.model, row.site, row.task, row.seed)
+            best[key] = max(best.get(key, (n, row.finished_at)), (n, row.finished_at))
+    return [row for row in rows if (row.model, row.site, row.task, row.seed) not in best
+            or (_tuned_trials(row), row.finished_at) == best[(row.model, row.site, row.task, row.seed)]]
+
+
+def tuned_trials(rows: list) -> dict[str, set[int]]:
+    """Model -> the trial counts its tuned rows were tuned with (only models with tuned rows)."""
+    out: dict[str, set[int]] = {}
+    for row in rows:
+        n = _tuned_trials(row)
+        if n is not None:
+            out.setdefault(row.model, set()).add(n)
+    return out
 
 
 def delta_rows(grid: GridSpec) -> list[DeltaRow]:

@@ -46,11 +46,13 @@ COLLAPSED_MARK = "†"
 
 @dataclass(frozen=True)
 class TableRow:
-    """One row to render: registry name, paper label, and whether the model is registered."""
+    """One row to render: registry name, paper label, whether the model is registered, and a mark
+    after its label (e.g. the tuned rows'; explained by the caller's header lines)."""
 
     name: str
     label: str
     registered: bool
+    mark: str = ""
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ def render(rows: Sequence[TableRow], sites: Sequence[str], results: list[Any], *
         by_key = {(c["model"], c["site"]): c for c in cells if c["task"] == task}
         body = []
         for row in rows:
-            line = [row.label + (f" {COLLAPSED_MARK}" if collapsed[row.name][0] else "")]
+            line = [row.label + (f" {row.mark}" if row.mark else "") + (f" {COLLAPSED_MARK}" if collapsed[row.name][0] else "")]
             for site in columns:
                 c = by_key[(row.name, site)]
                 line.append(f"{_fmt(c['ours'], DASH)} / {_fmt(c['paper'], NA)}")

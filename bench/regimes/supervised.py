@@ -32,7 +32,7 @@ class Supervised(Regime):
         L.seed_everything(plan.seed, workers=True, verbose=False)
         model = plan.build_model(n_outputs(site_data.task, site_data))
         outcome = train_supervised(model, site_data, plan.profile, run_dir=env.run_dir, loggers=env.loggers,
-                                   progress=env.progress)
+                                   progress=env.progress, callbacks=env.callbacks)
         return Fitted(model=model, best_epoch=outcome.best_epoch,
                       extra={"metrics": outcome.metrics, "predictions": outcome.predictions})
 

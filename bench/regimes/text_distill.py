@@ -68,7 +68,8 @@ class TextDistill(Regime):
         options = plan.options()
         loss = DistillLoss(options["distill_temperature"], options["distill_center"])
         outcome = train_distill(model, projector, data, plan.profile.distill, run_dir=env.run_dir,
-                                loggers=env.loggers, progress=env.progress, loss=loss, preprocessing=options["probe"])
+                                loggers=env.loggers, progress=env.progress, loss=loss, preprocessing=options["probe"],
+                                callbacks=env.callbacks)
         return Fitted(model=model, best_epoch=outcome.best_epoch,
                       extra={"metrics": outcome.metrics, "diagnostics": outcome.diagnostics,
                              "predictions": outcome.predictions})

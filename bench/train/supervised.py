@@ -121,8 +121,10 @@ class TrainOutcome:
 
 
 def train_supervised(model: BenchModel, data: SiteData, profile: Profile, *, run_dir: Path,
-                     loggers: list, progress: bool = False, precision: str | None = None) -> TrainOutcome:
-    """Train ``model`` on ``data`` for the profile's epochs, select by validation, test the selected weights."""
+                     loggers: list, progress: bool = False, precision: str | None = None,
+                     callbacks: list[L.Callback] | None = None) -> TrainOutcome:
+    """Train ``model`` on ``data`` for the profile's epochs, select by validation, test the selected weights;
+    ``callbacks``: more Lightning callbacks, after the checkpoint (a tuning trial's pruning)."""
     train_ds, val_ds, test_ds = data.splits["train"], data.splits["val"], data.splits["test"]
     bs = profile.batch_size
     generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
@@ -135,7 +137,8 @@ def train_supervised(model: BenchModel, data: SiteData, profile: Profile, *, run
         checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, monitor="val_metric", mode="max",
                                                          save_top_k=1, save_weights_only=True, filename="best")
         trainer = L.Trainer(
-            accelerator="auto", devices=1, max_epochs=profile.epochs, logger=loggers, callbacks=[checkpoint],
+            accelerator="auto", devices=1, max_epochs=profile.epochs, logger=loggers,
+            callbacks=[checkpoint, *(callbacks or [])],
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
             deterministic=True, log_every_n_steps=max(1, len(train_loader)), default_root_dir=str(run_dir),
             precision=precision or ("bf16-mixed" if torch.cuda.is_available() and not profile.narrowed else "32-true"),
