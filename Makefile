@@ -6,23 +6,30 @@ STAMP := $(VENV)/.installed
 PROFILE ?= small
 JOBS ?=
 STORE ?= runs/results.sqlite
+TRIALS ?= 20
+PARAMS ?=
+EXECUTOR ?=
 TABLES_DIR := runs/tables
 LOCK := requirements.lock
 TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
 UV_VERSION := 0.13.9
 WHEELS ?= /opt/wheels
 
-.PHONY: install lock test tables table2 table3 table7 table8 table9 table11 report drift-record clean help
+.PHONY: install lock test tables table2 table3 table7 table8 table9 table10 table11 tune-table2 report drift-record clean help
 
 help:
 	@echo "make table2   run the Table 2 grid (missing runs only) on the embedded synthetic cohort and render it"
 	@echo "make table3   the same for Table 3 (out-of-distribution sites); table7: text embedding probes;"
-	@echo "              table8: ModalTune ablations; table9: TITAN; table11: TITAN out of distribution"
+	@echo "              table8: ModalTune ablations; table9: TITAN; table10: clinical data;"
+	@echo "              table11: TITAN out of distribution"
 	@echo "make tables   every table above (runs shared between tables are computed once)"
 	@echo "make report   runs/report/index.html: every stored table, the paper's figures, cohort, profile, encoders"
+	@echo "make tune-table2 TRIALS=N   tune every Table 2 row (Optuna, validation data only, N trials each);"
+	@echo "              then make table2 PARAMS=best runs and renders the grid with the tuned values"
 	@echo "make test     install if needed, run pytest and the drift check"
 	@echo "make lock     refresh requirements.lock from pyproject.toml's ranges (needs the package registry)"
-	@echo "variables: PROFILE=tiny|small|paper (default small), JOBS=N, STORE=path"
+	@echo "variables: PROFILE=tiny|small|paper (default small), JOBS=N, STORE=path, PARAMS=best,"
+	@echo "           EXECUTOR=local|slurm (one job per run or tuning worker through submitit)"
 
 # Installs come from requirements.lock, which pins every package (transitive ones too) so that a fresh
 # machine gets the versions the tests passed with; the project itself is then added without dependencies.
@@ -43,11 +50,12 @@ test: $(STAMP)
 	$(PY) -m bench drift check
 
 # One target per paper table: run the grid's missing runs, then render Markdown, LaTeX and CSV.
-TABLES := table2 table3 table7 table8 table9 table11
+TABLES := table2 table3 table7 table8 table9 table10 table11
 tables: $(TABLES)
 
 $(TABLES): %: $(STAMP)
-	$(PY) -m bench grid $@ --profile $(PROFILE) --store $(STORE) $(if $(JOBS),--jobs $(JOBS))
+	$(PY) -m bench grid $@ --profile $(PROFILE) --store $(STORE) $(if $(JOBS),--jobs $(JOBS)) \
+		$(if $(PARAMS),--params $(PARAMS)) $(if $(EXECUTOR),--executor $(EXECUTOR))
 	@mkdir -p $(TABLES_DIR)
 	$(PY) -m bench table $@ --profile $(PROFILE) --store $(STORE) --format csv --out $(TABLES_DIR)/$@-$(PROFILE).csv
 	$(PY) -m bench table $@ --profile $(PROFILE) --store $(STORE) --format latex --out $(TABLES_DIR)/$@-$(PROFILE).tex
@@ -58,6 +66,12 @@ $(TABLES): %: $(STAMP)
 # command line or in the environment it shows the profile of the latest stored run.
 report: $(STAMP)
 	$(PY) -m bench report --store $(STORE) $(if $(filter command line environment,$(origin PROFILE)),--profile $(PROFILE))
+
+# Tune every Table 2 row that has something to tune (the linear probes have not) with the same budget:
+# TRIALS complete Optuna trials per (row, site, task), on validation data only; studies resume.
+tune-table2: $(STAMP)
+	$(PY) -m bench tune --grid table2 --trials $(TRIALS) --profile $(PROFILE) --store $(STORE) \
+		$(if $(EXECUTOR),--executor $(EXECUTOR)) $(if $(JOBS),--jobs $(JOBS))
 
 # Refresh the lock (needs the package registry). uv runs from a throwaway venv that never holds torch and
 # resolves pyproject.toml plus the test extra for Python 3.11 on linux x86_64. Versions already locked are

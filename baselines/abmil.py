@@ -30,6 +30,7 @@ from torch import nn
 
 from models.base import BenchModel, ModelContext, bag_mask
 from models.registry import register_model
+from models.search import TRAINING_SPACE, choice, uniform
 
 __all__ = ["ABMIL", "GatedAttention", "abmil"]
 
@@ -101,12 +102,15 @@ class ABMIL(BenchModel):
     label="ABMIL",
     modalities=("wsi",),
     paper_context={"feature_dim": 1536},
+    # SurvPath's scripts sweep lr and weight decay; its ABMIL exposes the dropout and the hidden width.
+    search_space=(*TRAINING_SPACE, uniform("dropout", 0.0, 0.5), choice("hidden_dim", (128, 256, 512))),
 )
-def abmil(ctx: ModelContext) -> ABMIL:
+def abmil(ctx: ModelContext, *, dropout: float = 0.25, hidden_dim: int = 256) -> ABMIL:
     """ABMIL (gated attention MIL, SurvPath configuration): patches -> 256 -> gated attention -> rho -> head.
 
     Every profile (``tiny``, ``small``, ``paper``) builds the reference widths (256 hidden, 256
     attention, dropout 0.25): the model is cheap, and its cost is dominated by the ``D -> 256``
-    projection, which follows the cohort's feature dimension ``ctx.feature_dim``.
+    projection, which follows the cohort's feature dimension ``ctx.feature_dim``. ``dropout`` and
+    ``hidden_dim`` are overrides for tuning (the defaults are the reference's).
     """
-    return ABMIL(feature_dim=ctx.feature_dim, n_outputs=ctx.n_outputs)
+    return ABMIL(feature_dim=ctx.feature_dim, n_outputs=ctx.n_outputs, hidden_dim=hidden_dim, dropout=dropout)

@@ -17,6 +17,7 @@ from torch import nn
 
 from models.base import BenchModel, ModelContext
 from models.registry import register_model
+from models.search import TRAINING_SPACE, choice, uniform
 
 
 class RnaOnlyModel(BenchModel):
@@ -58,12 +59,14 @@ class MLPOmics(RnaOnlyModel):
         super().__init__(n_genes, encoder, hidden, n_outputs)
 
 
-@register_model("mlp", label="MLP", modalities=("rna",), paper_context={"n_genes": 4999})
-def mlp(ctx: ModelContext) -> MLPOmics:
+@register_model("mlp", label="MLP", modalities=("rna",), paper_context={"n_genes": 4999},
+                search_space=(*TRAINING_SPACE, uniform("dropout", 0.0, 0.5), choice("hidden", (16, 32, 64))))
+def mlp(ctx: ModelContext, *, dropout: float = 0.25, hidden: int = 32) -> MLPOmics:
     """MLP on bulk RNA (SurvPath MLPOmics: 2 x [Linear 32, ReLU, Dropout 0.25] + linear head).
 
     Paper configuration: SurvPath's 4,999 genes (combine_comps.csv), 161,188 parameters with 4
     survival outputs. Every profile builds the same widths (the model is already tiny); only the
-    cohort's gene count changes the input layer.
+    cohort's gene count changes the input layer. ``dropout`` and ``hidden`` are overrides for tuning
+    (the defaults are the reference's).
     """
-    return MLPOmics(ctx.n_genes, ctx.n_outputs)
+    return MLPOmics(ctx.n_genes, ctx.n_outputs, hidden=hidden, dropout=dropout)

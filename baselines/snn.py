@@ -14,6 +14,7 @@ from torch import nn
 from baselines.mlp import RnaOnlyModel
 from models.base import ModelContext
 from models.registry import register_model
+from models.search import TRAINING_SPACE, choice, uniform
 
 
 def snn_block(in_dim: int, out_dim: int, dropout: float = 0.25) -> nn.Sequential:
@@ -42,12 +43,14 @@ class SNNOmics(RnaOnlyModel):
                 nn.init.zeros_(module.bias)
 
 
-@register_model("snn", label="SNN", modalities=("rna",), paper_context={"n_genes": 4987})
-def snn(ctx: ModelContext) -> SNNOmics:
+@register_model("snn", label="SNN", modalities=("rna",), paper_context={"n_genes": 4987},
+                search_space=(*TRAINING_SPACE, uniform("dropout", 0.0, 0.5), choice("width", (128, 256, 512))))
+def snn(ctx: ModelContext, *, dropout: float = 0.25, width: int = 256) -> SNNOmics:
     """Self-normalising network on bulk RNA (SurvPath SNNOmics 'small': 2 SNN blocks of 256).
 
     Paper configuration: the paper's 4,987 genes (ModalTune Sec. 4), 1,343,748 parameters with 4
     survival outputs (1,346,820 at SurvPath's 4,999 genes). Every profile builds the same widths
     (1.3 M parameters train quickly on a CPU); only the cohort's gene count changes the input layer.
+    ``dropout`` and ``width`` (of both blocks) are overrides for tuning (the defaults are the reference's).
     """
-    return SNNOmics(ctx.n_genes, ctx.n_outputs)
+    return SNNOmics(ctx.n_genes, ctx.n_outputs, widths=(width, width), dropout=dropout)

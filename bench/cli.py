@@ -190,6 +190,54 @@ def _evaluation(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _add_tuned(p: argparse.ArgumentParser) -> None:
+    """``--params`` (``best``: the tuned values of ``bench tune``'s study), ``--tune-seed`` and ``--storage``."""
+    p.add_argument("--params", default="default", choices=["default", "best"],
+                   help="best: train with the best trial of the run's Optuna study (python -m bench tune); its "
+                        "values enter the run id (default: the profile's settings)")
+    p.add_argument("--tune-seed", type=_seed, default=0, help="with --params best: the seed the study was tuned with")
+    p.add_argument("--storage", help="Optuna storage URL (default: $BENCH_OPTUNA_STORAGE, else optuna.sqlite beside "
+                                     "the results store)")
+
+
+def _tuned(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``RunRequest`` fields of ``--params`` / ``--tune-seed`` / ``--storage``."""
+    if args.params != "best":
+        return {}
+    return {"params": "best", "tune_seed": args.tune_seed, "tune_storage": args.storage}
+
+
+def _add_executor(p: argparse.ArgumentParser) -> None:
+    """``--executor`` and the SLURM settings of its jobs (README "Running on a cluster")."""
+    p.add_argument("--executor", choices=["local", "slurm"],
+                   help="submit one job per run through submitit: local subprocesses, or SLURM (default: this process "
+                        "and its --jobs workers)")
+    p.add_argument("--slurm-partition", help="SLURM partition of the jobs")
+    p.add_argument("--slurm-gpus", type=_seed, help="GPUs per job")
+    p.add_argument("--slurm-time", help="time limit per job: minutes, hours:minutes:seconds or days-hours[:minutes]")
+    p.add_argument("--slurm-mem", help="memory per job, e.g. 32G")
+    p.add_argument("--slurm-config", type=_input_file,
+                   help="YAML of SLURM settings: partition, gpus, time, mem, cpus_per_task, account, qos, constraint, "
+                        "setup (shell lines), additional (other #SBATCH options); the flags above override it")
+
+
+def _slurm(args: argparse.Namespace) -> Any:
+    """The jobs' :class:`~bench.executors.SlurmSettings` (None unless ``--executor slurm``); SLURM
+    options without it are refused rather than ignored."""
+    from bench.executors import check_executor, load_slurm_settings
+
+    flags = {"partition": args.slurm_partition, "gpus": args.slurm_gpus, "time": args.slurm_time,
+             "mem": args.slurm_mem}
+    given = [f"--slurm-{k}" for k, v in flags.items() if v is not None] + (["--slurm-config"] if args.slurm_config else [])
+    if args.executor != "slurm":
+        if given:
+            raise BenchError(f"{', '.join(given)} set the SLURM jobs of --executor slurm; add it, or drop them")
+        return None
+    settings = load_slurm_settings(args.slurm_config, **flags)
+    check_executor("slurm")
+    return settings
+
+
 # ---------------------------------------------------------------------------------------------- data
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from bench.data.synth import generate_cohort
@@ -213,7 +261,7 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     report = import_modaltune(args.splits, args.out, sites=_csv_list(args.sites) if args.sites else None,
                               features_root=args.features_root, rna_csvs=args.rna or (), pathways_csv=args.pathways,
                               families_csv=args.families, all_patients=args.all_patients,
-                              rna_duplicates=args.rna_duplicates)
+                              rna_duplicates=args.rna_duplicates, clinical_csv=args.clinical)
     if args.json:
         _emit(report.to_dict())
     else:
@@ -290,13 +338,15 @@ def cmd_models(args: argparse.Namespace) -> int:
                         "params_profile": count_parameters(entry.build(ctx)), "profile": prof.name,
                         "base": entry.base, "overrides": canonical(dict(entry.overrides)),
                         "run_options": canonical(dict(entry.run_options)),
-                        "beyond_paper": entry.beyond_paper, "description": entry.description})
+                        "beyond_paper": entry.beyond_paper, "description": entry.description,
+                        "search_space": [p.describe() for p in entry.tuning_space()]})
     if args.json:
         _emit({"profile": prof.name, "models": listing})
     else:
         from tabulate import tabulate
 
-        cols = ["name", "label", "modalities", "tasks", "regime", "params_paper", "params_profile", "variant of"]
+        cols = ["name", "label", "modalities", "tasks", "regime", "params_paper", "params_profile", "variant of",
+                "tuned by bench tune"]
         print(f"params_profile: profile {prof.name} on {'cohort ' + args.cohort if args.cohort else 'the embedded synthetic cohort'}")
         print(tabulate([[_cell(m, c) for c in cols] for m in listing], headers=cols))
     return 0
@@ -305,6 +355,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 def _cell(model: dict[str, Any], column: str) -> str:
     """One cell of the ``models`` listing: lists comma-joined, counts with separators, a variant as
     ``base (key=value, …)`` (``beyond the paper`` marked)."""
+    if column == "tuned by bench tune":
+        return ",".join(p["name"] for p in model["search_space"])
     if column == "variant of":
         if not model["base"]:
             return ""
@@ -327,7 +379,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     req = RunRequest(model=args.model, site=args.site, task=args.task, seed=args.seed, profile=args.profile,
                      cohort=args.cohort, store=args.store, force=args.force, wandb=args.wandb, weights=args.weights,
-                     progress=not args.json and sys.stderr.isatty(), **_evaluation(args))
+                     progress=not args.json and sys.stderr.isatty(), **_evaluation(args), **_tuned(args))
     tasks = resolve_tasks(req)
     results = [execute(replace(req, task=task)) for task in tasks]
     if args.json:
@@ -336,7 +388,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                "profile": results[0]["profile"], "tasks": tasks, "runs": results})
         return 0
     for result in results:
-        shown = {k: round(v, 4) for k, v in result["metrics"].items() if k.startswith("test_")}
+        shown = {k: round(v, 4) for k, v in result["metrics"].items() if k.startswith("test_") and isinstance(v, float)}
         print(f"{result['status']}: {result['model']} {result['site']} {result['task']} seed {result['seed']} "
               f"({result['profile']}) run {result['run_id']}: {shown}")
     return 0
@@ -347,10 +399,12 @@ def cmd_grid(args: argparse.Namespace) -> int:
     from bench.registry import resolve_models
 
     grid = get_grid(args.table)
+    slurm = _slurm(args)
     summary = run_grid(grid, profile=args.profile, cohort_dir=args.cohort, store=args.store,
                        models=resolve_models(args.models) if args.models else None,
                        sites=_csv_list(args.sites) if args.sites else None, seeds=args.seeds, jobs=args.jobs,
-                       wandb=args.wandb, progress=not args.json, evaluation=_evaluation(args))
+                       wandb=args.wandb, progress=not args.json, evaluation=_evaluation(args),
+                       tuning=_tuned(args) or None, executor=args.executor, slurm=slurm)
     if args.json:
         _emit(summary)
     else:
@@ -367,10 +421,89 @@ def cmd_grid(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if summary["failed"] else 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Optuna studies on validation data: one per task of ``--model``/``--site``, or one per tunable
+    (row, site, task) of ``--grid`` at ``--seed``; ``--json``: the study's summary, or
+    ``{storage, studies, skipped}``. Exit 2 if a worker failed (the studies keep what it completed)."""
+    from bench.tuning import prepare_study, run_studies, storage_url
+
+    slurm = _slurm(args)
+    requests, skipped = _tune_requests(args)
+    url = storage_url(args.storage, args.store)
+    specs = [prepare_study(req, args.trials, url) for req in requests]
+    summaries = run_studies(specs, workers=args.workers, executor=args.executor, settings=slurm, limit=args.jobs,
+                            store=args.store)
+    failed = [w for s in summaries for w in s.get("failed_workers", [])]
+    if args.json:
+        _emit(summaries[0] if len(summaries) == 1 and not args.grid else
+              {"storage": url, "studies": summaries, "skipped": skipped})
+    else:
+        for s in summaries:
+            best = s.get("best")
+            shown = "no complete trial"
+            if best:
+                params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+                shown = f"best trial {best['trial']} (validation {best['value']:.4f}, of {best['of_trials']}): {params}"
+            print(f"{s['model']} {s['site']} {s['task']} ({s['profile']}, seed {s['seed']}): {s['complete']} complete, "
+                  f"{s['pruned']} pruned, {s['fail']} failed; {shown}; study {s['study']}")
+        if skipped:
+            print(f"nothing to tune (frozen encoders' linear probes): {', '.join(skipped)}")
+        print(f"storage {url}; use the results with: python -m bench run|grid ... --params best")
+    for reason in failed:
+        print(f"  - a tuning worker failed: {reason}", file=sys.stderr)
+    return EXIT_BAD_INPUT if failed else 0
+
+
+def _tune_requests(args: argparse.Namespace) -> tuple[list[Any], list[str]]:
+    """The base requests of ``tune`` (one per study) and the grid rows skipped as having nothing to tune."""
+    from dataclasses import replace
+
+    from bench.runner import RunRequest, resolve_tasks
+
+    common = dict(profile=args.profile, seed=args.seed, cohort=args.cohort, store=args.store, wandb=args.wandb,
+                  weights=args.weights, **_evaluation(args))
+    if args.grid:
+        if args.model or args.site or args.task:
+            raise BenchError("--grid tunes every row of a table: drop --model/--site/--task (or drop --grid)")
+        return _grid_tune_requests(args, common)
+    if not args.model or not args.site:
+        raise BenchError("tune needs --model and --site (and --task), or --grid TABLE")
+    req = RunRequest(model=args.model, site=args.site, task=args.task, **common)
+    return [replace(req, task=task) for task in resolve_tasks(req, results_store=False)], []
+
+
+def _grid_tune_requests(args: argparse.Namespace, common: dict[str, Any]) -> tuple[list[Any], list[str]]:
+    """One request per (row, site, task) of ``--grid`` at ``--seed`` whose model has a search space."""
+    from bench.config import get_profile
+    from bench.grids import cell_evaluation, get_grid, grid_cells
+    from bench.registry import all_models, resolve_models
+    from bench.runner import RunRequest, ensure_cohort
+
+    grid = get_grid(args.grid)
+    cohort = ensure_cohort(args.cohort, get_profile(args.profile).scale)
+    sites = [cohort.resolve_site(s) for s in (_csv_list(args.sites) if args.sites else
+                                              [s for s in grid.sites if s in cohort.sites])]
+    cells = grid_cells(grid, models=resolve_models(args.models) if args.models else None, sites=sites,
+                       seeds=[args.seed])
+    if common.pop("weights"):
+        raise BenchError("--weights is one model's checkpoint: tune that model with --model (grids take none)")
+    registry = all_models()
+    evaluation = {k: common.pop(k) for k in ("text_spec", "text_weights", "overrides", "run_options")}
+    requests, skipped = [], []
+    for c in cells:
+        entry = registry[c.model]
+        if not entry.tuning_space():
+            skipped.append(f"{c.model} {c.site} {c.task}")
+            continue
+        requests.append(RunRequest(model=c.model, site=c.site, task=c.task, **{**common, "seed": args.seed,
+                                   "cohort": str(cohort.root)}, **cell_evaluation(entry.regime, evaluation)))
+    return requests, skipped
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from bench.reporting import render_table
 
-    text = render_table(args.table, store=args.store, profile=args.profile, fmt=args.format)
+    text = render_table(args.table, store=args.store, profile=args.profile, fmt=args.format, ci=args.ci)
     if args.out:
         from bench.data.format import atomic_path
 
@@ -528,6 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--pathways", type=_input_file, help="combine_comps.csv (gene x pathway)")
     q.add_argument("--families", type=_input_file, help="MCAT signatures.csv, or a gene,family CSV")
     q.add_argument("--all-patients", action="store_true", help="keep patients with gene_availability != 1 too")
+    q.add_argument("--clinical", type=_input_file,
+                   help="CSV keyed by TCGA barcode (case_submitter_id) with any of treatment_type, er_status, "
+                        "pr_status, her2_status (read by ModalTune w/ Clinical at BRCA)")
     q.add_argument("--rna-duplicates", default="error", choices=["error", "mean", "first"],
                    help="a patient on several rows of one --rna file: refuse (default, lists them all), average the "
                         "rows per gene, or keep the first row; the patients are named in the report and cohort.json")
@@ -582,6 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun even if the result is stored")
     p.add_argument("--weights", help="local checkpoint of a foundation model (Prov-GigaPath, TITAN); default random init")
     _add_evaluation(p)
+    _add_tuned(p)
     p.add_argument("--wandb", default="offline", choices=["online", "offline", "disabled"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_run)
@@ -603,18 +740,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_seed_list)
     p.add_argument("--sites")
     p.add_argument("--models")
-    p.add_argument("--jobs", type=_positive, help="parallel runs (default: the profile's)")
+    p.add_argument("--jobs", type=_positive, help="parallel runs (default: the profile's; with --executor slurm: "
+                                                     "every run is submitted at once unless given)")
     _add_store(p)
     _add_evaluation(p)
+    _add_tuned(p)
+    _add_executor(p)
     p.add_argument("--wandb", default="offline", choices=["online", "offline", "disabled"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("tune", help="Optuna search of a model's hyper-parameters, on validation data only")
+    p.add_argument("--model")
+    p.add_argument("--site")
+    p.add_argument("--task", choices=["subtype", "survival", "multitask"],
+                   help="default: every task the model supports, one study each")
+    p.add_argument("--grid", help="instead of --model/--site: every tunable row, site and task of a table's grid")
+    p.add_argument("--models", help="with --grid: only these rows")
+    p.add_argument("--sites", help="with --grid: only these sites")
+    p.add_argument("--trials", type=_positive, required=True,
+                   help="complete trials per study in total (a resumed study runs only the missing ones)")
+    p.add_argument("--seed", type=_seed, default=0, help="the trials' training seed (part of the study)")
+    p.add_argument("--cohort")
+    p.add_argument("--profile", default="small", choices=PROFILE_NAMES)
+    _add_store(p)
+    p.add_argument("--storage", help="Optuna storage URL: sqlite:///PATH, journal://PATH or a database URL (default: "
+                                     "$BENCH_OPTUNA_STORAGE, else optuna.sqlite beside the results store)")
+    p.add_argument("--weights", help="local checkpoint of a foundation model (Prov-GigaPath, TITAN)")
+    _add_evaluation(p)
+    _add_executor(p)
+    p.add_argument("--workers", type=_positive, default=1,
+                   help="with --executor: worker jobs per study, each running trials against the storage")
+    p.add_argument("--jobs", type=_positive, help="with --executor: worker jobs out at once (default: all)")
+    p.add_argument("--wandb", default="disabled", choices=["online", "offline", "disabled"],
+                   help="W&B logging of each trial (default disabled; CSV logs are always written)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("table", help="render a table from the results store beside the paper's figures")
     p.add_argument("table")
     p.add_argument("--format", default="md", choices=["md", "latex", "csv"])
     p.add_argument("--out", type=_output_file)
     p.add_argument("--profile", choices=PROFILE_NAMES, help="default: the profile of the latest run")
+    p.add_argument("--ci", action="store_true",
+                   help="add 95%% bootstrap intervals and paired tests vs the reference row (from stored predictions)")
     _add_store(p)
     p.set_defaults(func=cmd_table)
 

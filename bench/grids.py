@@ -147,6 +147,13 @@ TABLE7 = GridSpec(
     sections=("subtype", "duration_bins", "survival_nostage", "survival"),
 )
 
+TABLE10 = GridSpec(
+    name="table10",
+    title="Table 10: clinical data — subtype (balanced accuracy) and survival (C-index)",
+    rows=(("modaltune", "ModalTune"), ("modaltune_clinical", "ModalTune w/ Clinical")),
+    sites=IN_DOMAIN_SITES,
+)
+
 TABLE11 = GridSpec(
     name="table11",
     title="Table 11: TITAN out of distribution — subtype (balanced accuracy) and survival (C-index)",
@@ -156,7 +163,7 @@ TABLE11 = GridSpec(
     overall=False,
 )
 
-GRIDS: dict[str, GridSpec] = {g.name: g for g in (TABLE2, TABLE3, TABLE7, TABLE8, TABLE9, TABLE11)}
+GRIDS: dict[str, GridSpec] = {g.name: g for g in (TABLE2, TABLE3, TABLE7, TABLE8, TABLE9, TABLE10, TABLE11)}
 
 
 def get_grid(name: str) -> GridSpec:
@@ -245,10 +252,17 @@ def row_evaluation(grid: GridSpec, name: str, settings: dict[str, Any]) -> dict[
 def run_grid(grid: GridSpec, *, profile: str, cohort_dir: str | Path | None, store: str | Path | None,
              models: list[str] | None = None, sites: list[str] | None = None, seeds: list[int] | None = None,
              jobs: int | None = None, wandb: str = "offline", progress: bool = True,
-             evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
+             evaluation: dict[str, Any] | None = None, tuning: dict[str, Any] | None = None,
+             executor: str | None = None, slurm: Any = None) -> dict[str, Any]:
     """Run the missing cells of ``grid``; returns counts and the failures (run id, cell, one-line reason).
 
     ``evaluation``: the evaluation settings of every row that reads them (:func:`cell_evaluation`).
+    ``tuning``: ``{"params": "best", "tune_seed": K, "tune_storage": URL}`` runs every row that has a
+    search space with its study's best values (:func:`bench.tuning.best_request`; rows with nothing
+    to tune run as they are). ``executor``: ``local`` or ``slurm`` submits one job per missing run
+    (:mod:`bench.executors`; ``slurm``: its :class:`~bench.executors.SlurmSettings`); only this
+    process writes the store. ``jobs``: runs at once (jobs out at once; default: the profile's, or
+    every run for SLURM).
 
     A cell another process is training (a second grid on the same store) is skipped at first and
     waited for at the end, so each run is trained once and every row stored once. A failing cell,
@@ -266,9 +280,11 @@ def run_grid(grid: GridSpec, *, profile: str, cohort_dir: str | Path | None, sto
     sites = [cohort.resolve_site(s) for s in (sites or [s for s in grid.sites if s in cohort.sites])]
     cells = grid_cells(grid, models=models, sites=sites, seeds=seeds)
     registry = all_models()
-    settings = [row_evaluation(grid, c.model, cell_evaluation(registry[c.model].regime, evaluation)) for c in cells]
-    plans = [plan_run(RunRequest(model=c.model, site=c.site, task=c.task, seed=c.seed, profile=prof.name, **extra),
-                      cohort) for c, extra in zip(cells, settings)]
+    settings = [{**row_evaluation(grid, c.model, cell_evaluation(registry[c.model].regime, evaluation)),
+                 **(tuning if tuning and registry[c.model].tuning_space() else {})} for c in cells]
+    plans = [plan_run(RunRequest(model=c.model, site=c.site, task=c.task, seed=c.seed, profile=prof.name,
+                                 store=str(path), **extra), cohort) for c, extra in zip(cells, settings)]
+    settings = [planned_settings(extra, plan) for extra, plan in zip(settings, plans)]
     run_ids = [run_config(plan).run_id() for plan in plans]
     with ResultStore(path) as results:
         missing = [(c, run_id, extra) for c, plan, run_id, extra in zip(cells, plans, run_ids, settings)
@@ -277,8 +293,16 @@ def run_grid(grid: GridSpec, *, profile: str, cohort_dir: str | Path | None, sto
     base = dict(profile=prof.name, cohort=str(cohort.root), store=str(path), wandb=wandb)
     requests = [dict(base, model=c.model, site=c.site, task=c.task, seed=c.seed, wait=False, **extra)
                 for c, _, extra in missing]
-    jobs = jobs or prof.grid_jobs
     bar = tqdm(total=len(requests), desc=f"{grid.name} ({prof.name})", unit="run", disable=not progress)
+    if executor is not None:
+        from bench.executors import GridJobs, run_grid_jobs
+
+        job_grid = GridJobs(requests, [run_id for _, run_id, _ in missing], _missing_keys(plans, run_ids, missing),
+                            path, executor, slurm, jobs or (prof.grid_jobs if executor == "local" else None))
+        outcomes, errors = run_grid_jobs(job_grid, bar)
+        bar.close()
+        return _summary(grid, prof.name, cohort, path, cells, missing, requests, outcomes, errors, models)
+    jobs = jobs or prof.grid_jobs
     outcomes, errors = _run_requests(requests, jobs, bar)
     deferred = [i for i, r in outcomes.items() if r.get("status") == "claimed"]
     if deferred:
@@ -289,13 +313,38 @@ def run_grid(grid: GridSpec, *, profile: str, cohort_dir: str | Path | None, sto
         outcomes.update({deferred[j]: r for j, r in again.items()})
         errors.update({deferred[j]: e for j, e in again_errors.items()})
     bar.close()
+    return _summary(grid, prof.name, cohort, path, cells, missing, requests, outcomes, errors, models)
+
+
+def planned_settings(extra: dict[str, Any], plan: Any) -> dict[str, Any]:
+    """A cell's request settings with ``--params best`` resolved by its plan into the values themselves
+    (overrides, training settings, the study), so a worker or a job never reads the Optuna storage."""
+    if extra.get("params") is None:
+        return extra
+    out = {k: v for k, v in extra.items() if k not in ("params", "tune_seed", "tune_storage")}
+    return {**out, "overrides": dict(plan.overrides), "training": dict(plan.training), "tuning": dict(plan.tuning)}
+
+
+def _missing_keys(plans: list[Any], run_ids: list[str], missing: list[tuple]) -> list[list[tuple[str, str]]]:
+    """The result keys of each missing run, in ``missing``'s order."""
+    from bench.regimes import regime_for
+
+    by_id = {run_id: regime_for(plan.entry).result_keys(plan) for plan, run_id in zip(plans, run_ids)}
+    return [by_id[run_id] for _, run_id, _ in missing]
+
+
+def _summary(grid: GridSpec, profile: str, cohort: Any, path: Path, cells: list[Cell], missing: list[tuple],
+             requests: list[dict[str, Any]], outcomes: dict[int, dict[str, Any]],
+             errors: dict[int, str], models: list[str] | None) -> dict[str, Any]:
+    """The grid's summary (``grid --json``): counts, each failure, and the requested rows this machine
+    cannot run (:meth:`GridSpec.skipped`)."""
     failures = [_failure(requests[i], missing[i][1], errors[i]) for i in sorted(errors)]
     statuses = [r.get("status") for r in outcomes.values()]
     skipped = [{"model": name, "reason": reason} for name, reason in grid.skipped().items()
                if models is None or name in models]
     for row in skipped:
         log.warning("%s: %s %s", grid.name, row["model"], row["reason"])
-    return {"grid": grid.name, "profile": prof.name, "cohort": str(cohort.root), "store": str(path),
+    return {"grid": grid.name, "profile": profile, "cohort": str(cohort.root), "store": str(path),
             "runs": len(cells), "ran": statuses.count("ran"),
             "cached": len(cells) - len(missing) + statuses.count("cached"), "failed": failures, "skipped": skipped}
 

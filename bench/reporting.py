@@ -9,13 +9,16 @@ from bench.errors import BenchError
 from bench.grids import GRIDS, GridSpec, get_grid
 from bench.registry import all_models
 from bench.results import ResultStore, store_path
+from bench.stats import TableStats, table_stats
 from bench.train.collapse import COLLAPSE_RULE
 from models.paper.reference import delta_reference, published_deltas
 from reports.tables import DeltaRow, TableRow, render, render_deltas
 
 
-def render_table(table: str, *, store: str | Path | None = None, profile: str | None = None, fmt: str = "md") -> str:
-    """Render ``table`` from the store alone (rows of the chosen profile) beside the paper's figures."""
+def render_table(table: str, *, store: str | Path | None = None, profile: str | None = None, fmt: str = "md",
+                 ci: bool = False) -> str:
+    """Render ``table`` from the store alone (rows of the chosen profile) beside the paper's figures;
+    ``ci`` adds the bootstrap intervals and paired tests from the stored predictions (:mod:`bench.stats`)."""
     grid = get_grid(table)
     path = store_path(str(store) if store else None)
     if not path.is_file():
@@ -25,10 +28,12 @@ def render_table(table: str, *, store: str | Path | None = None, profile: str | 
         if profile is None:
             latest = results.latest()
             profile = latest.profile if latest else "small"
-        rows = results.rows(profile=profile)
+        rows = prefer_tuned(results.rows(profile=profile))
     prof = get_profile(profile)
     registry = all_models()
-    table_rows = [TableRow(name, label, name in registry) for name, label in grid.rows]
+    trials = tuned_trials([r for r in rows if r.model in {name for name, _ in grid.rows}])
+    table_rows = [TableRow(name, label, name in registry, TUNED_MARK if name in trials else "")
+                  for name, label in grid.rows]
     cohorts = sorted({r.cohort for r in rows})
     header = [f"profile: {prof.name}" + (" (model widths narrowed and fewer epochs than the paper; not comparable "
                                          "in absolute value)" if prof.narrowed else ""),
@@ -53,9 +58,54 @@ def render_table(table: str, *, store: str | Path | None = None, profile: str | 
                       "relative to a reference row, in its text (the last table: ours beside those)")
     shown = [r for r in rows if r.model in {name for name, _ in grid.rows}]
     header.extend(evaluation_lines(shown))
+    if trials:
+        labels = dict(grid.rows)
+        header.append(f"{TUNED_MARK} tuned with Optuna on validation data only (the best of N trials per site and "
+                      f"task, `python -m bench tune`): " + "; ".join(
+                          f"{labels[m]}: {'/'.join(map(str, sorted(n)))} trial{'' if n == {1} else 's'}" for m, n in trials.items()))
+    stats = table_intervals(path, grid, shown) if ci else None
     text = render(table_rows, grid.sites, rows, table_key=grid.name, title=grid.title, header_lines=header, fmt=fmt,
-                  tasks=grid.sections or grid.tasks, overall=grid.overall, collapse_rule=COLLAPSE_RULE)
+                  tasks=grid.sections or grid.tasks, overall=grid.overall, collapse_rule=COLLAPSE_RULE, ci=stats)
     return text + render_deltas(deltas, grid.sites, rows, fmt=fmt) if deltas else text
+
+
+def table_intervals(path: Path, grid: GridSpec, rows: list) -> TableStats:
+    """The bootstrap intervals and paired tests of ``grid``'s ``rows`` from their stored predictions."""
+    with ResultStore(path) as results:
+        return table_stats(rows, lambda r: results.prediction_set(r.run_id, r.site, r.task),
+                           [name for name, _ in grid.rows], grid.sites, tasks=grid.tasks, overall=grid.overall)
+
+
+TUNED_MARK = "‡"
+
+
+def _tuned_trials(row) -> int | None:
+    """The trial count of the study a stored row's run was tuned with (None: not tuned)."""
+    value = (row.config.get("options") or {}).get("tuned_trials")
+    return int(value) if value is not None else None
+
+
+def prefer_tuned(rows: list) -> list:
+    """Where a (model, site, task, seed) cell has tuned runs (``--params best``), its rows are those
+    of the run tuned with the most trials (the latest of equals); cells never tuned keep every row."""
+    best: dict[tuple, tuple[int, float]] = {}
+    for row in rows:
+        n = _tuned_trials(row)
+        if n is not None:
+            key = (row.model, row.site, row.task, row.seed)
+            best[key] = max(best.get(key, (n, row.finished_at)), (n, row.finished_at))
+    return [row for row in rows if (row.model, row.site, row.task, row.seed) not in best
+            or (_tuned_trials(row), row.finished_at) == best[(row.model, row.site, row.task, row.seed)]]
+
+
+def tuned_trials(rows: list) -> dict[str, set[int]]:
+    """Model -> the trial counts its tuned rows were tuned with (only models with tuned rows)."""
+    out: dict[str, set[int]] = {}
+    for row in rows:
+        n = _tuned_trials(row)
+        if n is not None:
+            out.setdefault(row.model, set()).add(n)
+    return out
 
 
 def delta_rows(grid: GridSpec) -> list[DeltaRow]:

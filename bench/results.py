@@ -2,7 +2,8 @@
 
 A row is one (run, site, task) result, written in one transaction only when the run has completed;
 a multitask run (ModalTune) writes one row per task, and a pan-cancer run one per site and task,
-under the same run id. Nothing else is ever
+under the same run id. The same transaction writes the row's per-patient test predictions (the
+``predictions`` table, read with :meth:`ResultStore.predictions`). Nothing else is ever
 written, so an interrupted run leaves no trace and is simply run again.
 
 Beside the rows, the ``claims`` table holds a lease per run id while one process trains it, so two
@@ -20,13 +21,19 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from bench.errors import BenchError
+from bench.predictions import Predictions
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +42,9 @@ CLAIM_HEARTBEAT_S = 30.0  # a lease holder refreshes its claim this often while 
 CLAIM_STALE_S = 600.0  # a claim not refreshed for this long is stale, whoever holds it
 # The store's layout version, kept in SQLite's ``PRAGMA user_version`` (0 = a store written before
 # versioning, same layout as 1). Bump it with any change that older code could not read; older code
-# then refuses the store instead of misreading it.
-SCHEMA_VERSION = 1
+# then refuses the store instead of misreading it. 2 added the ``predictions`` table; a store of
+# version 0 or 1 is migrated on open (its rows are kept, without predictions).
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -57,6 +65,18 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (run_id, site, task)
 );
 CREATE INDEX IF NOT EXISTS results_lookup ON results (profile, model, site, task);
+CREATE TABLE IF NOT EXISTS predictions (
+    run_id TEXT NOT NULL,
+    site TEXT NOT NULL,
+    task TEXT NOT NULL,
+    case_id TEXT NOT NULL,
+    label INTEGER NOT NULL,
+    time REAL NOT NULL,
+    event INTEGER NOT NULL,
+    risk REAL,
+    probs TEXT,
+    PRIMARY KEY (run_id, site, task, case_id)
+);
 CREATE TABLE IF NOT EXISTS claims (
     run_id TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
@@ -184,6 +204,18 @@ def _decode_metrics(text: str) -> dict[str, float]:
     return {k: (float("nan") if v is None else v) for k, v in json.loads(text).items()}
 
 
+def _prediction_records(run_id: str, site: str, task: str, pred: Predictions) -> list[tuple]:
+    """The ``predictions`` table's records of one row: a NaN risk is stored as NULL, class
+    probabilities as a JSON list (exact: JSON keeps every float's repr)."""
+    out = []
+    for i, case_id in enumerate(pred.case_ids):
+        risk = None if pred.risk is None or math.isnan(pred.risk[i]) else float(pred.risk[i])
+        probs = None if pred.probs is None else json.dumps([float(p) for p in pred.probs[i]])
+        out.append((run_id, site, task, case_id, int(pred.labels[i]), float(pred.times[i]), int(pred.events[i]),
+                    risk, probs))
+    return out
+
+
 def check_store(path: str | Path) -> None:
     """Refuse ``path`` as a results store, without writing anything, unless it is absent and can be
     created, an empty database, or a results store of a schema version this code reads.
@@ -228,8 +260,21 @@ class ResultStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA busy_timeout=60000")
         self._conn.executescript(_SCHEMA)
-        if self._conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a store of an older schema version to :data:`SCHEMA_VERSION` (every step so far only
+        adds tables, which ``_SCHEMA`` has just created: stored rows are kept as they are; rows from
+        before version 2 simply have no predictions)."""
+        if self._conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        with self._transaction():
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION:
+                self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if 0 < version < SCHEMA_VERSION or (version == 0 and self.latest() is not None):
+            log.info("results store %s: migrated from schema %d to %d (stored rows kept; rows from before "
+                     "schema 2 have no per-patient predictions)", self.path, version, SCHEMA_VERSION)
 
     def close(self) -> None:
         self._conn.close()
@@ -249,8 +294,16 @@ class ResultStore:
     def get(self, run_id: str) -> list[ResultRow]:
         return self._select("WHERE run_id = ?", (run_id,))
 
-    def write(self, rows: list[ResultRow]) -> None:
-        """Insert (or replace) all ``rows`` in one transaction."""
+    def write(self, rows: list[ResultRow],
+              predictions: Mapping[tuple[str, str, str], Predictions] | None = None) -> None:
+        """Insert (or replace) all ``rows`` and their test ``predictions`` (keyed ``(run_id, site, task)``
+        of a row in ``rows``) in one transaction. Predictions stored earlier for these rows are
+        replaced (``--force``); a row without an entry in ``predictions`` keeps none."""
+        predictions = dict(predictions or {})
+        keys = [(r.run_id, r.site, r.task) for r in rows]
+        stray = set(predictions) - set(keys)
+        if stray:
+            raise ValueError(f"predictions for rows not being written: {sorted(stray)}")
         now = time.time()
         with self._transaction():
             self._conn.executemany(
@@ -258,6 +311,58 @@ class ResultStore:
                 [(r.run_id, r.task, r.model, r.site, r.seed, r.profile, r.cohort, r.cohort_fingerprint, r.regime,
                   _encode_metrics(r.metrics), json.dumps(r.config, sort_keys=True), r.n_train, r.n_val, r.n_test,
                   r.n_excluded, r.seconds, now) for r in rows])
+            self._conn.executemany("DELETE FROM predictions WHERE run_id = ? AND site = ? AND task = ?", keys)
+            for (run_id, site, task), pred in predictions.items():
+                self._conn.executemany("INSERT INTO predictions VALUES (?,?,?,?,?,?,?,?,?)",
+                                       _prediction_records(run_id, site, task, pred))
+
+    def prediction_set(self, run_id: str, site: str, task: str) -> Predictions | None:
+        """The stored test predictions of row ``(run_id, site, task)`` (patients sorted by case id), or
+        None where the row has none (a row stored before schema 2, or no such row)."""
+        records = self._conn.execute(
+            "SELECT case_id, label, time, event, risk, probs FROM predictions WHERE run_id = ? AND site = ? "
+            "AND task = ? ORDER BY case_id", (run_id, site, task)).fetchall()
+        if not records:
+            return None
+        case_ids, labels, times, events, risk, probs = zip(*records)
+        subtype = probs[0] is not None
+        return Predictions(
+            case_ids=tuple(case_ids), labels=np.array(labels, dtype=np.int64), times=np.array(times, dtype=np.float64),
+            events=np.array(events, dtype=np.int64),
+            probs=np.array([json.loads(p) for p in probs], dtype=np.float64) if subtype else None,
+            risk=None if subtype else np.array([math.nan if r is None else r for r in risk], dtype=np.float64))
+
+    def predictions(self, run_id: str, site: str, task: str) -> pd.DataFrame:
+        """The stored test predictions of row ``(run_id, site, task)``: one row per test patient, sorted
+        by ``case_id``, with the columns
+
+        ``case_id`` (str), ``label`` (int subtype class; -1 = rare set, ignored by the balanced accuracy),
+        ``time`` (float, survival months), ``event`` (int, 1 = died), ``risk`` (float; survival rows: the
+        score the C-index ranks, higher = shorter survival; NaN for subtype rows and for a survival risk
+        that could not be computed), ``prob_0`` … ``prob_<K-1>`` (float class probabilities; subtype rows
+        only) and ``seed`` (int, the run's seed).
+
+        The frame is empty (those columns, no prob_*) where the row has no stored predictions: rows
+        stored before schema version 2, or a row that does not exist. Stable API: figures and
+        statistics read it.
+        """
+        import pandas as pd
+
+        pred = self.prediction_set(run_id, site, task)
+        seed = self._conn.execute("SELECT seed FROM results WHERE run_id = ? AND site = ? AND task = ?",
+                                  (run_id, site, task)).fetchone()
+        columns = ["case_id", "label", "time", "event", "risk"]
+        if pred is None:
+            return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
+                columns + ["seed"], ["object", "int64", "float64", "int64", "float64", "int64"])})
+        frame = pd.DataFrame({"case_id": list(pred.case_ids), "label": pred.labels, "time": pred.times,
+                              "event": pred.events,
+                              "risk": pred.risk if pred.risk is not None else np.full(len(pred.case_ids), np.nan)})
+        if pred.probs is not None:
+            for k in range(pred.probs.shape[1]):
+                frame[f"prob_{k}"] = pred.probs[:, k]
+        frame["seed"] = np.int64(seed[0]) if seed else np.int64(-1)
+        return frame
 
     def try_claim(self, run_id: str) -> Lease | None:
         """Claim ``run_id`` for this process in one ``BEGIN IMMEDIATE`` transaction: a :class:`Lease`,

@@ -55,6 +55,11 @@ class RunRequest:
     run_options: dict[str, Any] = field(default_factory=dict)  # models.run_options on top of the registered ones
     text_spec: str | None = None  # --text-encoder: where missing text embeddings come from (bow, conch, hf:DIR)
     text_weights: str | Path | None = None  # --text-weights: the text encoder's local checkpoint (conch)
+    training: dict[str, Any] = field(default_factory=dict)  # the regime's optimisation settings replaced (lr, ...)
+    params: str | None = None  # --params best: the tuned parameters of the run's Optuna study (bench.tuning)
+    tune_seed: int = 0  # --tune-seed: the seed the study was tuned with
+    tune_storage: str | None = None  # --storage: Optuna storage URL (default: optuna.sqlite beside the store)
+    tuning: dict[str, Any] = field(default_factory=dict)  # where tuned values came from: {"study", "trials"}
 
 
 def default_cohort_dir(scale: str) -> Path:
@@ -118,6 +123,9 @@ def run_config(plan: RunPlan) -> RunConfig:
     options = {"weights": plan.weights_tag} if plan.weights_tag else {}
     if plan.text_source is not None and plan.text_source.weights_tag:
         options["text_weights"] = plan.text_source.weights_tag
+    if plan.tuning:
+        options["tuned_study"] = str(plan.tuning["study"])
+        options["tuned_trials"] = int(plan.tuning["trials"])
     return RunConfig(model=plan.entry.name, site=plan.site, task=plan.task, seed=plan.seed, profile=plan.profile,
                      cohort_fingerprint=plan.cohort.fingerprint, regime=plan.entry.regime,
                      resolved_model=resolve_model(plan.entry, ctx, plan.overrides, plan.run_options),
@@ -145,14 +153,15 @@ def synthetic_context(scale: str, n_outputs: int, profile: str) -> ModelContext:
                         pathways=torch.from_numpy(genes.membership.astype(bool)), families=families, profile=profile)
 
 
-def resolve_tasks(req: RunRequest, cohort: Cohort | None = None) -> list[str]:
+def resolve_tasks(req: RunRequest, cohort: Cohort | None = None, *, results_store: bool = True) -> list[str]:
     """Check every argument of ``req`` without writing anything, and return the task of each run it
     stands for: ``req.task``, else every task the model supports (one run each; a multitask model
     such as ModalTune is one run storing both tasks).
 
     Sites are checked by the model's regime against ``cohort``, else the ``--cohort`` directory, else
     the embedded synthetic cohort's sites (all six), so that a bad request never generates a cohort,
-    creates a store or a run directory first.
+    creates a store or a run directory first. ``results_store=False``: the results store is not
+    looked at (a cluster job, or a tuning trial, never touches it).
     """
     entry = get_model(req.model)
     get_profile(req.profile)
@@ -175,7 +184,10 @@ def resolve_tasks(req: RunRequest, cohort: Cohort | None = None) -> list[str]:
         entry.merged_run_options(req.run_options)
     except ValueError as err:
         raise BenchError(f"model {entry.name}: {err}") from err
-    check_store(_store(req))
+    if req.params not in (None, "best"):
+        raise BenchError(f"--params must be 'best' (the tuned parameters of `python -m bench tune`), got {req.params!r}")
+    if results_store:
+        check_store(_store(req))
     return tasks
 
 
@@ -214,21 +226,31 @@ def text_source(req: RunRequest) -> Any:
     return TextSource(req.text_spec, weights, file_tag(weights) if weights else None)
 
 
-def plan_run(req: RunRequest, cohort: Cohort | None = None) -> RunPlan:
+def plan_run(req: RunRequest, cohort: Cohort | None = None, *, results_store: bool = True) -> RunPlan:
     """Validate ``req`` (:func:`resolve_tasks`, before the embedded cohort is generated, so a bad
-    request writes nothing) and resolve it into the :class:`RunPlan` of one run."""
+    request writes nothing) and resolve it into the :class:`RunPlan` of one run.
+
+    ``req.params == "best"`` takes the best trial of the run's Optuna study (:mod:`bench.tuning`):
+    its model values join the overrides, its training values replace the profile's (both enter the
+    run id, with the study and its trial count). ``results_store``: see :func:`resolve_tasks`."""
+    from bench.tuning import best_request, tuned_profile
+
     if cohort is None and req.cohort is not None:
         cohort = Cohort.load(req.cohort)
-    tasks = resolve_tasks(req, cohort)
+    tasks = resolve_tasks(req, cohort, results_store=results_store)
     entry = get_model(req.model)
     if len(tasks) != 1:
         raise BenchError(f"model {entry.name} supports tasks {', '.join(tasks)}; choose one with --task")
     profile = get_profile(req.profile)
     cohort = cohort or ensure_cohort(None, profile.scale)
     site = regime_for(entry).validate(entry, req.site, cohort.sites, f"cohort {cohort.root}")
-    return RunPlan(entry=entry, cohort=cohort, site=site, task=tasks[0], seed=req.seed, profile=profile,
-                   weights=req.weights, weights_tag=weights_option(req.weights), overrides=dict(req.overrides),
-                   run_options=dict(req.run_options), text_source=text_source(req))
+    if req.params == "best":
+        req = best_request(req, entry, site, tasks[0], cohort)
+    return RunPlan(entry=entry, cohort=cohort, site=site, task=tasks[0], seed=req.seed,
+                   profile=tuned_profile(profile, entry, req.training), weights=req.weights,
+                   weights_tag=weights_option(req.weights), overrides=dict(req.overrides),
+                   run_options=dict(req.run_options), text_source=text_source(req), training=dict(req.training),
+                   tuning=dict(req.tuning))
 
 
 def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
@@ -252,6 +274,28 @@ def execute(req: RunRequest, cohort: Cohort | None = None) -> dict[str, Any]:
 
 def _train(req: RunRequest, plan: RunPlan, regime: Regime, config: RunConfig) -> dict[str, Any]:
     """Train and evaluate one claimed run in a directory of its own, then store its rows."""
+    return store_rows(req, train_rows(req, plan, regime, config))
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """One trained run, not yet stored: its result rows and the test patients' predictions of each
+    ``(run_id, site, task)`` row (what a cluster job returns to the driver, which alone writes the store)."""
+
+    rows: list[ResultRow]
+    predictions: dict[tuple[str, str, str], Any]
+
+
+def store_rows(req: RunRequest, trained: TrainedRun) -> dict[str, Any]:
+    """Write one run's rows and predictions to ``req``'s results store in one transaction; the ``run --json`` object."""
+    with ResultStore(_store(req)) as store:
+        store.write(trained.rows, trained.predictions)
+    return _report(trained.rows, status="ran")
+
+
+def train_rows(req: RunRequest, plan: RunPlan, regime: Regime, config: RunConfig) -> TrainedRun:
+    """Train and evaluate one run in a directory of its own and return its result rows and predictions,
+    unstored (the caller stores them: :func:`_train`, or a grid's driver for a cluster job)."""
     from bench.train.loggers import close_loggers, make_loggers
     from bench.train.supervised import configure_determinism
 
@@ -275,9 +319,8 @@ def _train(req: RunRequest, plan: RunPlan, regime: Regime, config: RunConfig) ->
                       n_train=len(ev.data.splits["train"]), n_val=len(ev.data.splits["val"]),
                       n_test=len(ev.data.splits["test"]), n_excluded=ev.data.n_excluded, seconds=seconds)
             for ev in evaluations]
-    with ResultStore(_store(req)) as store:
-        store.write(rows)
-    return _report(rows, status="ran")
+    predictions = {(run_id, ev.site, ev.task): ev.predictions for ev in evaluations if ev.predictions is not None}
+    return TrainedRun(rows=rows, predictions=predictions)
 
 
 def claim_run(req: RunRequest, run_id: str, keys: list[tuple[str, str]]) -> Lease | dict[str, Any]:
@@ -401,21 +444,31 @@ def _store(req: RunRequest) -> Path:
 
 
 def _report(rows: list[ResultRow], status: str) -> dict[str, Any]:
-    """The ``run --json`` object; a multitask run merges both tasks' metrics, a pan-cancer run nests them by site."""
+    """The ``run --json`` object; a multitask run merges both tasks' metrics, a pan-cancer run nests them by site.
+
+    A run trained on one site that also stores out-of-distribution rows (a ModalTune BRCA run deployed to
+    COADREAD/BLCA) reports its own site's metrics, and the deployed sites' under ``deployed``."""
     first = rows[0]
     by_site: dict[str, dict[str, Any]] = {}
     for row in rows:
         by_site.setdefault(row.site, {}).update(row.metrics)
-    sites = sorted(by_site)
+    site = str(first.config.get("site", first.site)).upper()
+    own = site if site in by_site else (next(iter(by_site)) if len(by_site) == 1 else None)
+    if own is None:
+        metrics: dict[str, Any] = {"sites": by_site}
+    else:
+        deployed = {name: values for name, values in by_site.items() if name != own}
+        metrics = {**by_site[own], **({"deployed": deployed} if deployed else {})}
+    counted = [r for r in rows if r.task == first.task and (own is None or r.site == own)]
     return {
         "run_id": first.run_id, "status": status, "model": first.model,
-        "site": sites[0] if len(sites) == 1 else PANCANCER, "task": first.config.get("task", first.task),
+        "site": own or PANCANCER, "task": first.config.get("task", first.task),
         "seed": first.seed, "profile": first.profile,
-        "metrics": by_site[sites[0]] if len(sites) == 1 else {"sites": by_site},
-        "n_train": sum(r.n_train for r in rows if r.task == first.task),
-        "n_val": sum(r.n_val for r in rows if r.task == first.task),
-        "n_test": sum(r.n_test for r in rows if r.task == first.task),
-        "n_excluded": sum(r.n_excluded for r in rows if r.task == first.task), "seconds": round(first.seconds, 3),
+        "metrics": metrics,
+        "n_train": sum(r.n_train for r in counted),
+        "n_val": sum(r.n_val for r in counted),
+        "n_test": sum(r.n_test for r in counted),
+        "n_excluded": sum(r.n_excluded for r in counted), "seconds": round(first.seconds, 3),
     }
 
 

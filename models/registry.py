@@ -26,6 +26,7 @@ from typing import Any
 from models.base import BenchModel, ModelContext
 from models.names import MODALITIES, REGIMES, TASKS
 from models.run_options import resolve_run_options
+from models.search import Param, SearchSpace, check_space, space_for
 
 Builder = Callable[..., BenchModel]
 ConfigFn = Callable[..., Mapping[str, Any]]
@@ -51,6 +52,7 @@ class ModelEntry:
     config: ConfigFn | None = None
     beyond_paper: bool = False
     run_options: Mapping[str, Any] = field(default_factory=dict)
+    search_space: SearchSpace | None = None
 
     def build(self, ctx: ModelContext, **overrides: Any) -> BenchModel:
         """The model for ``ctx``: the builder with this entry's overrides, then ``overrides``."""
@@ -89,6 +91,11 @@ class ModelEntry:
             out["run_options"] = canonical(options)
         return out
 
+    def tuning_space(self) -> SearchSpace:
+        """What ``bench tune`` varies for this model (:mod:`models.search`): the declared space, else
+        its regime's default (empty for a frozen encoder's linear probes)."""
+        return space_for(self.regime, self.search_space)
+
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
@@ -104,12 +111,15 @@ def register_model(
     pancancer: bool = False,
     source_task: str | None = None,
     config: ConfigFn | None = None,
+    search_space: tuple[Param, ...] | None = None,
 ) -> Callable[[Builder], Builder]:
     """Decorator registering ``builder`` under ``name`` (lower-case, unique).
 
     ``pancancer`` marks a model trained once on all in-domain sites together and evaluated per site;
     ``source_task`` is the task a ``transfer``-regime model is tuned on before it is deployed;
-    ``config(ctx, **overrides)`` returns the builder's resolved configuration (enters the run id).
+    ``config(ctx, **overrides)`` returns the builder's resolved configuration (enters the run id);
+    ``search_space`` is what ``bench tune`` varies (:mod:`models.search`; default: the regime's), each
+    ``model`` parameter an override the builder takes.
     """
     if (regime == "transfer") != (source_task is not None):
         raise ValueError(f"{name}: a transfer-regime model needs a source_task, and only it")
@@ -141,6 +151,8 @@ def register_model(
             pancancer=pancancer,
             source_task=source_task,
             config=config,
+            search_space=None if search_space is None else check_space(name, search_space,
+                                                                       accepted_overrides(builder)),
         )
         return builder
 

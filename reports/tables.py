@@ -6,6 +6,10 @@ not run it, "n/a" where the paper publishes none, "NaN" where a run's metric was
 the per-site means (shown only when every site is present), as in the paper. A row some of whose runs
 ended collapsed (their stored ``collapsed`` metric is 1; the rule is the caller's ``collapse_rule``)
 carries the mark † and a note under the table says how many of its runs did.
+
+With ``ci`` (a :class:`bench.stats.TableStats`, ``bench table … --ci``) the table is followed by its
+bootstrap intervals and paired tests (:func:`render_ci`); the CSV gains their columns instead.
+Without it the output is exactly the table above.
 """
 
 from __future__ import annotations
@@ -42,11 +46,13 @@ COLLAPSED_MARK = "†"
 
 @dataclass(frozen=True)
 class TableRow:
-    """One row to render: registry name, paper label, and whether the model is registered."""
+    """One row to render: registry name, paper label, whether the model is registered, and a mark
+    after its label (e.g. the tuned rows'; explained by the caller's header lines)."""
 
     name: str
     label: str
     registered: bool
+    mark: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,13 +127,14 @@ def table_cells(rows: Sequence[TableRow], sites: Sequence[str], results: list[An
 
 def render(rows: Sequence[TableRow], sites: Sequence[str], results: list[Any], *, table_key: str, title: str,
            header_lines: Sequence[str] = (), fmt: str = "md", tasks: Sequence[str] = ("subtype", "survival"),
-           overall: bool = True, collapse_rule: str = "") -> str:
+           overall: bool = True, collapse_rule: str = "", ci: Any = None) -> str:
     """The table as Markdown (``md``), LaTeX (``latex``) or long-format ``csv``; rows with collapsed runs
-    are marked :data:`COLLAPSED_MARK` and explained under the table with ``collapse_rule``."""
+    are marked :data:`COLLAPSED_MARK` and explained under the table with ``collapse_rule``. ``ci`` (a
+    :class:`bench.stats.TableStats`) appends the intervals and tests (:func:`render_ci`; CSV: columns)."""
     cells = table_cells(rows, sites, results, table_key, tasks, overall)
     collapsed = {row.name: collapsed_runs(results, row.name, sites) for row in rows}
     if fmt == "csv":
-        return _csv(cells, collapsed)
+        return _csv(cells, collapsed, ci)
     columns = list(sites) + (["Overall"] if overall else [])
     tablefmt = {"md": "github", "latex": "latex_booktabs"}[fmt]
     parts = []
@@ -144,7 +151,7 @@ def render(rows: Sequence[TableRow], sites: Sequence[str], results: list[Any], *
         by_key = {(c["model"], c["site"]): c for c in cells if c["task"] == task}
         body = []
         for row in rows:
-            line = [row.label + (f" {COLLAPSED_MARK}" if collapsed[row.name][0] else "")]
+            line = [row.label + (f" {row.mark}" if row.mark else "") + (f" {COLLAPSED_MARK}" if collapsed[row.name][0] else "")]
             for site in columns:
                 c = by_key[(row.name, site)]
                 line.append(f"{_fmt(c['ours'], DASH)} / {_fmt(c['paper'], NA)}")
@@ -161,14 +168,20 @@ def render(rows: Sequence[TableRow], sites: Sequence[str], results: list[Any], *
         note = f"{COLLAPSED_MARK} ended collapsed ({'; '.join(notes)}): {collapse_rule}"
         parts.append(note if fmt == "md" else f"% {note}")
         parts.append("")
+    if ci is not None:
+        parts.append(render_ci(ci, rows, sites, fmt=fmt, tasks=tasks, overall=overall))
     return "\n".join(parts)
 
 
-def _csv(cells: list[dict[str, Any]], collapsed: dict[str, tuple[int, int]]) -> str:
+CI_COLUMNS = ["ci_low", "ci_high", "ci_patients", "row_diff_vs_reference", "row_p_value", "row_p_holm",
+              "row_differs", "reference"]
+
+
+def _csv(cells: list[dict[str, Any]], collapsed: dict[str, tuple[int, int]], ci: Any = None) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["task", "model", "label", "site", "ours_mean", "ours_std", "ours_n", "paper_mean", "paper_std",
-                     "collapsed_runs"])
+                     "collapsed_runs"] + (CI_COLUMNS if ci is not None else []))
     for c in cells:
         ours, paper = c["ours"], c["paper"]
         done, total = collapsed.get(c["model"], (0, 0))
@@ -178,8 +191,89 @@ def _csv(cells: list[dict[str, Any]], collapsed: dict[str, tuple[int, int]]) -> 
                          "" if ours is None else ours.n,
                          "" if paper is None else f"{paper.mean:.3f}",
                          "" if paper is None or paper.std is None else f"{paper.std:.3f}",
-                         f"{done}/{total}" if total else ""])
+                         f"{done}/{total}" if total else ""] + (_ci_csv(ci, c) if ci is not None else []))
     return buf.getvalue()
+
+
+def _ci_csv(ci: Any, cell: dict[str, Any]) -> list[str]:
+    """The :data:`CI_COLUMNS` of one long-format cell: its interval, and its row's test (on every cell of the row)."""
+    interval = ci.cells.get((cell["task"], cell["model"], cell["site"]))
+    test = ci.tests.get((cell["task"], cell["model"]))
+    reference = ci.reference.get(cell["task"], "")
+    return [f"{interval.low:.6f}" if interval else "", f"{interval.high:.6f}" if interval else "",
+            str(interval.n_patients) if interval else "",
+            f"{test.difference:.6f}" if test else "", f"{test.p_value:.6f}" if test else "",
+            f"{test.p_holm:.6f}" if test else "", str(int(test.differs)) if test else "", reference]
+
+
+DIFFERS_MARK = "*"
+NO_PREDICTIONS = "no predictions"
+OVERALL_COLUMN = "Overall"
+
+
+def _fmt_interval(interval: Any) -> str:
+    """``mean [low, high] sd std`` (sd: the std over seeds, shown only for several seeds)."""
+    if math.isnan(interval.mean):
+        return "NaN"
+    bounds = "[n/a]" if math.isnan(interval.low) else f"[{interval.low:.3f}, {interval.high:.3f}]"
+    spread = f" sd {interval.seed_std:.3f}" if interval.seed_std is not None else ""
+    return f"{interval.mean:.3f} {bounds}{spread}"
+
+
+def _fmt_test(test: Any, is_reference: bool, has_cells: bool, sites: Sequence[str]) -> str:
+    """The row's comparison with the reference: ``Δ, p = … (Holm …)``, followed by the sites it rests on
+    when they are not all of ``sites``; "n/a" for a row with intervals but no site where both its
+    metric and the reference's are computable."""
+    if is_reference:
+        return "reference"
+    if test is None:
+        return NA if has_cells else DASH
+    on = f" on {', '.join(test.sites)}" if len(test.sites) < len(sites) else ""
+    if math.isnan(test.p_value):
+        return f"{test.difference:+.3f}, p n/a{on}"
+    return f"{test.difference:+.3f}, p = {test.p_value:.3g} (Holm {test.p_holm:.3g}){on}"
+
+
+def render_ci(ci: Any, rows: Sequence[TableRow], sites: Sequence[str], *, fmt: str = "md",
+              tasks: Sequence[str] = ("subtype", "survival"), overall: bool = True) -> str:
+    """The bootstrap section of a table (``ci``: :class:`bench.stats.TableStats`): per task it analysed, each cell's
+    mean over seeds, 95 % interval and seed spread, each row's difference from the reference row with its
+    p-value and corrected p-value, :data:`DIFFERS_MARK` on rows that differ; the method, level and
+    correction stated under the tables, and the cells whose rows were stored without predictions."""
+    labels = {row.name: row.label for row in rows}
+    columns = list(sites) + ([OVERALL_COLUMN] if overall else [])
+    missing = {(t, m, s) for t, m, s in ci.no_predictions}
+    tablefmt = {"md": "github", "latex": "latex_booktabs"}[fmt]
+    prefix = "> " if fmt == "md" else "% "
+    parts = [f"## {100 * ci.level:.0f} % confidence intervals and paired tests (bootstrap over test patients)\n"
+             if fmt == "md" else f"% {100 * ci.level:.0f} % confidence intervals and paired tests"]
+    for task in [t for t in tasks if t in ci.tasks]:
+        reference = ci.reference.get(task)
+        body = []
+        for row in rows:
+            test = ci.tests.get((task, row.name))
+            mark = f" {DIFFERS_MARK}" if test is not None and test.differs else ""
+            line = [row.label + mark]
+            for site in columns:
+                interval = ci.cells.get((task, row.name, site))
+                line.append(_fmt_interval(interval) if interval else NO_PREDICTIONS if (task, row.name, site) in missing
+                            else DASH)
+            has_cells = any((task, row.name, site) in ci.cells for site in sites)
+            line.append(_fmt_test(test, row.name == reference, has_cells, sites))
+            body.append(line)
+        heading = f"{TASK_METRIC[task][1]}: mean over seeds [{100 * ci.level:.0f} % CI] sd (std over seeds)"
+        parts.append(f"### {heading}\n" if fmt == "md" else f"% {heading}")
+        parts.append(tabulate(body, headers=["Model"] + columns + ["vs reference: Δ, p"], tablefmt=tablefmt,
+                              disable_numparse=True))
+        parts.append("")
+    reference_labels = {t: labels.get(m, m) for t, m in ci.reference.items()}
+    parts.extend(prefix + line for line in ci.describe(reference_labels))
+    if missing:
+        listed = "; ".join(f"{labels.get(m, m)} {s} {t}" for t, m, s in sorted(missing))
+        parts.append(f"{prefix}{NO_PREDICTIONS}: {listed} — stored before per-patient predictions were kept "
+                     "(results store schema 2); rerun these runs with --force to get their intervals")
+    parts.append("")
+    return "\n".join(parts)
 
 
 NOT_PUBLISHED = "not published"

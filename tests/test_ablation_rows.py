@@ -60,7 +60,7 @@ def test_abmil_cat_text_learns_from_the_text_on_the_planted_signal(rcc_cohort: P
 
     from bench.runner import ensure_text_cache, model_context
     from bench.data.dataset import prepare_site
-    from bench.train.distill import deploy_and_probe
+    from bench.train.distill import probe_sites
 
     store = tmp_path / "abmil_text.sqlite"
     summary = run_grid(get_grid("table8"), profile="tiny", cohort_dir=rcc_cohort, store=store,
@@ -72,7 +72,8 @@ def test_abmil_cat_text_learns_from_the_text_on_the_planted_signal(rcc_cohort: P
     data = prepare_site(cohort, "RCC", "multitask", ("wsi", "rna"), "abmil_cat_text", 64,
                         text=ensure_text_cache(cohort, "bow"))
     L.seed_everything(0, workers=True, verbose=False)
-    untrained = deploy_and_probe(create_model("abmil_cat_text", model_context(cohort, 4, "tiny")), {"RCC": data})["RCC"]
+    probed = probe_sites(create_model("abmil_cat_text", model_context(cohort, 4, "tiny")), {"RCC": data})["RCC"]
+    untrained = {task: result.metrics for task, result in probed.items()}
     assert trained["subtype"]["test_auc"] > max(0.7, untrained["subtype"]["test_auc"] + 0.2)
     assert trained["survival"]["test_c_index"] > max(0.65, untrained["survival"]["test_c_index"] + 0.1)
     assert trained["subtype"]["val_balanced_accuracy"] > trained["subtype"]["init_val_balanced_accuracy"]

@@ -259,7 +259,7 @@ BAD_OPTIONS = {
     "run-store-garbage": (_RUN + ["--store", "{garbage}"], ["{garbage}", "not a results store"]),
     "run-store-foreign-db": (_RUN + ["--store", "{foreign_db}"], ["{foreign_db}", "no 'results' table"]),
     "run-store-newer-schema": (_RUN + ["--store", "{newer_store}"], ["{newer_store}", "newer modaltune-bench",
-                                                                     "schema 99 > 1", "upgrade"]),
+                                                                     "schema 99 > 2", "upgrade"]),
     "run-store-under-a-file": (_RUN + ["--store", "{garbage}/results.sqlite"], ["{garbage}", "cannot be created"]),
     "run-weights-missing": (_RUN_GP + ["--weights", "{missing}"], ["{missing}"]),
     "run-weights-dir": (_RUN_GP + ["--weights", "{dir}"], ["{dir}"]),
@@ -278,7 +278,7 @@ BAD_OPTIONS = {
     "table-store-dir": (["table", "table2", "--store", "{dir}"], ["{dir}", "directory"]),
     "table-store-garbage": (["table", "table2", "--store", "{garbage}"], ["{garbage}", "not a results store"]),
     "table-store-foreign-db": (["table", "table2", "--store", "{foreign_db}"], ["{foreign_db}", "no 'results' table"]),
-    "table-store-newer-schema": (["table", "table2", "--store", "{newer_store}"], ["{newer_store}", "schema 99 > 1"]),
+    "table-store-newer-schema": (["table", "table2", "--store", "{newer_store}"], ["{newer_store}", "schema 99 > 2"]),
     "table-out-dir": (["table", "table2", "--store", "{store}", "--out", "{dir}"], ["{dir}", "directory"]),
     "table-out-under-a-file": (["table", "table2", "--store", "{store}", "--out", "{garbage}/t.md"], ["{garbage}"]),
     # data

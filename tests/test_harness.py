@@ -153,3 +153,27 @@ def test_run_without_task_runs_every_task_of_the_model(capsys, tmp_path: Path) -
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[:4] for line in lines] == [["cached:", "survpath", "RCC", "subtype"],
                                                    ["cached:", "survpath", "RCC", "survival"]]
+
+
+def _row(site: str, task: str, config_site: str, value: float):
+    from bench.results import ResultRow
+
+    return ResultRow(run_id="r", task=task, model="modaltune", site=site, seed=0, profile="tiny", cohort="c",
+                     cohort_fingerprint="f", regime="text_distill", metrics={f"test_{task}": value},
+                     config={"site": config_site, "task": "multitask"}, n_train=10, n_val=2, n_test=3,
+                     n_excluded=0, seconds=1.0)
+
+
+def test_run_report_keeps_the_trained_site_and_nests_deployed_sites() -> None:
+    """A BRCA ModalTune run also stores COADREAD/BLCA rows: it reports BRCA, not a pan-cancer run."""
+    from bench.runner import _report
+
+    rows = [_row(s, t, "BRCA", v) for s, v in (("BRCA", 0.8), ("COADREAD", 0.6), ("BLCA", 0.55))
+            for t in ("subtype", "survival")]
+    out = _report(rows, "ran")
+    assert out["site"] == "BRCA"
+    assert out["metrics"]["test_subtype"] == 0.8
+    assert set(out["metrics"]["deployed"]) == {"COADREAD", "BLCA"}
+    assert out["n_test"] == 3
+    pan = _report([_row(s, "subtype", "PANCANCER", 0.7) for s in ("BRCA", "RCC")], "ran")
+    assert pan["site"] == "PANCANCER" and set(pan["metrics"]["sites"]) == {"BRCA", "RCC"}

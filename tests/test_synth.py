@@ -14,6 +14,7 @@ import pytest
 from bench.data import format as fmt
 from bench.data import synth, synth_counts, synth_omics, synth_patients
 from bench.data.fingerprint import content_fingerprint
+from models.clinical import CLINICAL_COLUMNS
 from models.paper.sites import ALL_SITES, site_info
 
 
@@ -95,7 +96,7 @@ def test_allocate_min_cell_fills_small_groups_and_rejects_bad_margins() -> None:
 
 def test_small_counts_match_table1_for_all_sites(small: synth_patients.SyntheticPatients) -> None:
     table = small.table
-    assert list(table.columns) == list(fmt.PATIENT_COLUMNS)
+    assert list(table.columns) == list(fmt.PATIENT_COLUMNS + CLINICAL_COLUMNS)
     assert table["case_id"].is_unique
     for site in ALL_SITES:
         info = site_info(site)
@@ -268,7 +269,7 @@ def test_cohort_files_follow_the_format(tiny: Path) -> None:
     assert rcc["bin_upper_months"] == [16.0, 34.0, 62.0, 169.0]
 
     header = (tiny / fmt.PATIENTS).read_text().splitlines()[0]
-    assert header == ",".join(fmt.PATIENT_COLUMNS)
+    assert header == ",".join(fmt.PATIENT_COLUMNS + CLINICAL_COLUMNS)
     patients = pd.read_csv(tiny / fmt.PATIENTS, keep_default_na=False)
     pd.testing.assert_frame_equal(
         patients.drop(columns="age"),

@@ -53,8 +53,8 @@ def test_changing_an_override_changes_the_run_id(rcc_cohort: Path) -> None:
 def test_unknown_override_is_refused_by_name(rcc_cohort: Path) -> None:
     with pytest.raises(BenchError, match="warp_drive"):
         _run_id(rcc_cohort, "modaltune", warp_drive=True)
-    with pytest.raises(ValueError, match="does not take the override"):
-        get_model("abmil").build(synthetic_context("tiny", 2, "tiny"), dropout=0.5)
+    with pytest.raises(ValueError, match=r"does not take the override\(s\) attn_dim; it takes dropout, hidden_dim"):
+        get_model("abmil").build(synthetic_context("tiny", 2, "tiny"), attn_dim=64)
     with pytest.raises(ValueError, match="not registered"):
         register_variant("nonsense_variant", "no_such_base", label="x", overrides={}, description="x")
 

@@ -21,9 +21,11 @@ import numpy as np
 import pandas as pd
 
 from bench.data import format as fmt
+from bench.data.clinical import check_clinical_columns
 from bench.data.fingerprint import KEY as FINGERPRINT_KEY
 from bench.data.fingerprint import content_fingerprint, stamp_fingerprint, stored_fingerprint
 from bench.errors import BenchError, CohortError, unknown_name
+from models.clinical import CLINICAL_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,8 @@ class Cohort:
             raise CohortError(f"{patients_path} is missing; the cohort is incomplete — regenerate or re-import it")
         try:
             patients = pd.read_csv(patients_path, dtype={c: str for c in ("case_id", "site", "split", "primary_diagnosis",
-                                                                          "stage", "t", "n", "m", "slide_ids")},
+                                                                          "stage", "t", "n", "m", "slide_ids",
+                                                                          *CLINICAL_COLUMNS)},
                                    keep_default_na=False, na_values={"survival_months": [""], "age": [""]})
         except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
             raise CohortError(f"{patients_path}: unreadable CSV ({err})") from err
@@ -154,6 +157,7 @@ class Cohort:
                     problems.append(f"{where}: {flag} {row[flag]!r} must be 0 or 1")
             if numeric["has_wsi"][i] == 1 and not str(row["slide_ids"]).strip():
                 problems.append(f"{where}: has_wsi = 1 but slide_ids is empty; list its slides or set has_wsi = 0")
+        problems.extend(check_clinical_columns(df, path))
         if not problems:
             for col in ("label", "event", "survival_bin", "has_rna", "has_wsi"):
                 df[col] = numeric[col].astype(int)

@@ -2,8 +2,11 @@
 
 :func:`prepare_site` selects a site's patients for one task and one model's modalities, and
 returns a :class:`PatientDataset` per split. A sample is a dict (see :mod:`models.base`): features
-``[N, D]`` and coords ``[N, 2]`` (WSI models), rna ``[G]`` (RNA models), clinical ``[5]``, label,
-survival_bin, event, survival_months, case_id, site. :func:`collate` pads bags to the longest of
+``[N, D]`` and coords ``[N, 2]`` (WSI models), rna ``[G]`` (RNA models), clinical, label,
+survival_bin, event, survival_months, case_id, site. ``clinical`` is, for a model that reads the
+``clinical`` modality, the encoded vector of :mod:`bench.data.clinical` (age standardised on the
+run's training patients, categories one-hot, missing indicators; ``[44]``), else the raw ordinals
+``[5]`` of :meth:`Cohort.clinical_matrix`. :func:`collate` pads bags to the longest of
 the batch and adds ``mask [B, N]``.
 
 Who is excluded, and why (counted in ``n_excluded``): rare-set patients (label -1) for the subtype
@@ -22,6 +25,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from bench.data.clinical import encode_clinical
 from bench.data.cohort import Cohort
 from bench.data.features import BagStore
 from bench.errors import BenchError
@@ -176,7 +180,10 @@ def prepare_site(cohort: Cohort, site: str, task: str, modalities: tuple[str, ..
         bag_list = [(r.case_id, [s for s in str(r.slide_ids).split(";") if s]) for r in rows.itertuples()]
         bags = BagStore(cohort.root, cohort.fingerprint, bag_list, int(cohort.feature_dim))
     rna_all = cohort.rna if "rna" in modalities else None
-    clinical = cohort.clinical_matrix(rows)
+    if "clinical" in modalities:
+        clinical = encode_clinical(rows, site, (rows["split"] == "train").to_numpy(), cohort.root)
+    else:
+        clinical = cohort.clinical_matrix(rows)
 
     if rna_all is not None:
         rna_all = standardise_rna(rna_all, rows.loc[rows["split"] == "train", "case_id"])

@@ -54,6 +54,8 @@ SCALES: dict[str, ScaleSpec] = {
 
 # Independent random streams (second or third element of a generator's key).
 STREAM_TABLE, STREAM_PARAMS, STREAM_RNA, STREAM_PATIENT = 0, 1, 2, 3
+# Treatment type and receptor status (BRCA): their own stream, so adding them left every other value as it was.
+STREAM_CLINICAL = 4
 GLOBAL_SITE_KEY = len(ALL_SITES)
 
 

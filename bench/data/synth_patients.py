@@ -33,6 +33,21 @@ Signal strengths
     modality dominated a site in the paper (WSI for BRCA and RCC subtyping, RNA for GBMLGG
     subtyping and RCC survival; weaker out-of-domain subtypes).
 
+Treatment type and receptor status (BRCA only)
+    The optional columns of :data:`models.clinical.CLINICAL_COLUMNS`, drawn from their own random
+    stream (``STREAM_CLINICAL``) *after* everything above, given the patient's subtype group, stage
+    and log-hazard ``eta``, so that adding them changed no other value. Receptor status follows the
+    subtype: ``P(ER+) = sigmoid(logit(p_group) - 0.6 r)`` with ``p_group`` 0.75 (ductal), 0.95
+    (lobular), 0.80 (rare set) and ``r`` the patient's ``eta`` standardised over the site; PR is
+    positive with probability 0.85 when ER is, 0.08 otherwise; HER2 is positive with probability
+    0.20 / 0.04 / 0.12 by group and equivocal with 0.06; ER and PR are indeterminate for 2 %.
+    Treatment follows risk and receptors: ``P(type) = softmax`` of the scores chemotherapy
+    ``1.2 r + 1.0 [ER, PR not positive, HER2 negative] + 0.6 [stage III-IV]``, hormone therapy
+    ``1.2 [ER+] - 0.4 r``, targeted therapy ``2.0 [HER2+] - 0.5``, radiation therapy ``-0.3``, none
+    ``-0.8 - 1.0 r``; so chemotherapy marks the short survivors and "none" the long ones, beyond
+    what WSI and RNA carry (``eta`` holds their interaction). Each column is left empty for ~5 % of
+    the patients (not recorded); at every other site all four are empty (not applicable).
+
 A patient's WSI tumour phenotype (a latent here) and slide count are drawn with the table; the
 patch features they shape are simulated in :mod:`bench.data.synth_omics`.
 """
@@ -46,8 +61,10 @@ import numpy as np
 import pandas as pd
 
 from bench.data import format as fmt
+from models.clinical import CLINICAL_COLUMNS, TREATMENT_TYPES
 from models.paper.sites import ALL_SITES, site_info
 from bench.data.synth_counts import (
+    STREAM_CLINICAL,
     STREAM_PARAMS,
     STREAM_TABLE,
     ScaleSpec,
@@ -81,6 +98,14 @@ WSI_PHENOTYPE_SD = 1.3  # patient-level spread of the tumour phenotype along eve
 STAGE_P = (0.25, 0.35, 0.28, 0.12)
 MISSING_P = 0.05
 NO_RNA_FRACTION = 0.03
+
+# Treatment type and receptor status (module docstring, "Treatment type and receptor status").
+ER_POSITIVE_P = (0.75, 0.95, 0.80)  # ductal, lobular, rare set
+ER_RISK_SLOPE = 0.6
+PR_POSITIVE_P = {True: 0.85, False: 0.08}  # given ER positive / not
+HER2_POSITIVE_P = (0.20, 0.04, 0.12)
+HER2_EQUIVOCAL_P = 0.06
+RECEPTOR_INDETERMINATE_P = 0.02
 
 
 @dataclass(frozen=True)
@@ -161,7 +186,8 @@ def _site_params(site: str, seed: int, n_groups: int) -> _SiteParams:
 class SyntheticPatients:
     """The patient table of a synthetic cohort and the latents behind it.
 
-    ``table`` has exactly :data:`bench.data.format.PATIENT_COLUMNS` (sorted by site, case_id).
+    ``table`` has exactly :data:`bench.data.format.PATIENT_COLUMNS` then
+    :data:`models.clinical.CLINICAL_COLUMNS` (sorted by site, case_id).
     ``latents`` is row-aligned with it: ``case_id``, ``group`` (class index; the rare set is
     ``n_classes``), ``z_wsi``, ``z_rna``, ``stage_ordinal`` (0..3, also where the stage string was
     left empty), ``age_years`` (also where left empty), ``risk`` (the log-hazard ``eta``; higher
@@ -317,7 +343,59 @@ def _simulate_site(site: str, spec: ScaleSpec, seed: int) -> tuple[pd.DataFrame,
             "wsi_phenotype": list(phenotype),
         }
     )
+    for column, values in _treatment_and_receptors(site, seed, group, stage, risk).items():
+        table[column] = values
     return table, latents
+
+
+def _treatment_and_receptors(site: str, seed: int, group: np.ndarray, stage: np.ndarray,
+                             risk: np.ndarray) -> dict[str, np.ndarray]:
+    """The :data:`~models.clinical.CLINICAL_COLUMNS` of one site's patients (module docstring): drawn for
+    BRCA from the site's own ``STREAM_CLINICAL`` generator, empty (not applicable) elsewhere."""
+    n = len(group)
+    if site != "BRCA":
+        return {column: np.full(n, "", dtype=object) for column in CLINICAL_COLUMNS}
+    rng = keyed_rng(seed, site_key(site), STREAM_CLINICAL)
+    r = (risk - risk.mean()) / (risk.std() or 1.0)
+    er, pr, her2 = _receptor_status(rng, group, r)
+    columns = {"treatment_type": _treatment(rng, r, stage, er, pr, her2), "er_status": er, "pr_status": pr,
+               "her2_status": her2}
+    for values in columns.values():
+        values[rng.random(n) < MISSING_P] = ""
+    return columns
+
+
+def _receptor_status(rng: np.random.Generator, group: np.ndarray,
+                     r: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ER, PR and HER2 status (object arrays) given the subtype group and the standardised risk ``r``."""
+    n = len(group)
+    base = np.asarray(ER_POSITIVE_P)[group]
+    er_pos = rng.random(n) < 1.0 / (1.0 + np.exp(-(np.log(base / (1.0 - base)) - ER_RISK_SLOPE * r)))
+    pr_pos = rng.random(n) < np.where(er_pos, PR_POSITIVE_P[True], PR_POSITIVE_P[False])
+    u = rng.random(n)
+    her2_p = np.asarray(HER2_POSITIVE_P)[group]
+    her2 = np.where(u < her2_p, "positive", np.where(u < her2_p + HER2_EQUIVOCAL_P, "equivocal", "negative"))
+    er = np.where(er_pos, "positive", "negative").astype(object)
+    pr = np.where(pr_pos, "positive", "negative").astype(object)
+    er[rng.random(n) < RECEPTOR_INDETERMINATE_P] = "indeterminate"
+    pr[rng.random(n) < RECEPTOR_INDETERMINATE_P] = "indeterminate"
+    return er, pr, her2.astype(object)
+
+
+def _treatment(rng: np.random.Generator, r: np.ndarray, stage: np.ndarray, er: np.ndarray, pr: np.ndarray,
+               her2: np.ndarray) -> np.ndarray:
+    """Treatment type (object array) drawn from the softmax of the scores in the module docstring."""
+    triple_negative = (er != "positive") & (pr != "positive") & (her2 == "negative")
+    scores = {
+        "none": -0.8 - 1.0 * r,
+        "chemotherapy": 1.2 * r + 1.0 * triple_negative + 0.6 * (stage >= 2),
+        "hormone therapy": 1.2 * (er == "positive") - 0.4 * r,
+        "targeted therapy": 2.0 * (her2 == "positive") - 0.5,
+        "radiation therapy": np.full(len(r), -0.3),
+    }
+    logits = np.stack([scores[t] for t in TREATMENT_TYPES], axis=1)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return np.asarray(TREATMENT_TYPES, dtype=object)[_sample_categorical(rng, probs / probs.sum(1, keepdims=True))]
 
 
 def simulate_patients(scale: str = "tiny", seed: int = 0, sites: Sequence[str] | None = None) -> SyntheticPatients:
@@ -334,5 +412,6 @@ def simulate_patients(scale: str = "tiny", seed: int = 0, sites: Sequence[str] |
 
 
 def build_patient_table(scale: str = "tiny", seed: int = 0, sites: Sequence[str] | None = None) -> pd.DataFrame:
-    """``patients.csv`` of the cohort as a DataFrame with exactly :data:`bench.data.format.PATIENT_COLUMNS`."""
+    """``patients.csv`` of the cohort as a DataFrame: :data:`bench.data.format.PATIENT_COLUMNS`, then
+    :data:`models.clinical.CLINICAL_COLUMNS`."""
     return simulate_patients(scale, seed, sites).table

@@ -21,6 +21,7 @@ from bench.config import Profile
 from bench.data.cohort import Cohort
 from bench.data.dataset import SiteData
 from bench.errors import BenchError
+from bench.predictions import Predictions
 from models.base import ModelContext
 from models.registry import ModelEntry
 
@@ -32,7 +33,9 @@ class RunPlan:
     """One validated run: the model entry, the cohort, the canonical site (``PANCANCER`` for a
     pan-cancer model), the task, the seed, the profile, the weights, the overrides, the request's run
     options (:mod:`models.run_options`, on top of the entry's) and where text embeddings missing from
-    the cohort's cache come from (``text_source``, see :class:`bench.text_cache.TextSource`)."""
+    the cohort's cache come from (``text_source``, see :class:`bench.text_cache.TextSource`).
+    ``training``: the optimisation settings that replaced the profile's (already applied to
+    ``profile``); ``tuning``: the Optuna study they came from (``{"study", "trials"}``), if any."""
 
     entry: ModelEntry
     cohort: Cohort
@@ -45,6 +48,8 @@ class RunPlan:
     overrides: dict[str, Any] = field(default_factory=dict)
     run_options: dict[str, Any] = field(default_factory=dict)
     text_source: Any = None
+    training: dict[str, Any] = field(default_factory=dict)
+    tuning: dict[str, Any] = field(default_factory=dict)
 
     def options(self) -> dict[str, Any]:
         """Every run option this run's regime reads, resolved (defaults, the entry's, the request's)."""
@@ -75,12 +80,14 @@ def build_entry(entry: ModelEntry, ctx: ModelContext, overrides: dict[str, Any] 
 
 @dataclass
 class RunEnv:
-    """Where one attempt of a run writes: its own directory, its loggers, progress and ``--force``."""
+    """Where one attempt of a run writes: its own directory, its loggers, progress and ``--force``;
+    ``callbacks``: more Lightning callbacks for its training loop (a tuning trial's pruning)."""
 
     run_dir: Path
     loggers: list
     progress: bool = False
     force: bool = False
+    callbacks: list = field(default_factory=list)
 
 
 @dataclass
@@ -94,12 +101,14 @@ class Fitted:
 
 @dataclass
 class Evaluation:
-    """The metrics of one stored row and the data they were measured on (counts of the row)."""
+    """The metrics of one stored row, the data they were measured on (counts of the row) and the
+    per-patient test predictions the test metric was computed from (stored with the row)."""
 
     site: str
     task: str
     metrics: dict[str, float]
     data: SiteData
+    predictions: Predictions | None = None
 
 
 class Regime(ABC):

@@ -66,14 +66,14 @@ class Deployed(Regime):
         return self.inner.fit(plan, data, env)
 
     def evaluate(self, plan: RunPlan, data: dict[str, SiteData], fitted: Fitted, env: RunEnv) -> list[Evaluation]:
-        from bench.train.distill import deploy_and_probe
+        from bench.train.distill import probe_sites
 
         rows = self.inner.evaluate(plan, data, fitted, env)
         deployed = {s: prepare_site(plan.cohort, s, "multitask", plan.entry.modalities, plan.entry.name)
                     for s in self._sites(plan)}
-        probed = deploy_and_probe(fitted.model, deployed, preprocessing=plan.options().get("probe", "raw"))
+        probed = probe_sites(fitted.model, deployed, preprocessing=plan.options().get("probe", "raw"))
         run_wide = {"best_epoch": fitted.best_epoch, **fitted.extra.get("diagnostics", {})}
-        return rows + [Evaluation(s, t, {**probed[s][t], **run_wide}, deployed[s])
+        return rows + [Evaluation(s, t, {**probed[s][t].metrics, **run_wide}, deployed[s], probed[s][t].predictions)
                        for s in deployed for t in ("subtype", "survival")]
 
     def _sites(self, plan: RunPlan) -> list[str]:

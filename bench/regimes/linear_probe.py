@@ -37,10 +37,11 @@ class LinearProbe(Regime):
         from bench.train.probe import run_linear_probe
 
         cache = embedding_cache(plan, plan.entry.name, env.force)
-        metrics = run_linear_probe(fitted.model, data[plan.site], cache, preprocessing=plan.options()["probe"])
+        probed = run_linear_probe(fitted.model, data[plan.site], cache, preprocessing=plan.options()["probe"])
+        metrics = dict(probed.metrics)
         if plan.task == "survival" and "text" in plan.entry.modalities:
             metrics.update(text_survival_rows(plan, fitted.model, data[plan.site], env.force))
-        return [Evaluation(plan.site, plan.task, metrics, data[plan.site])]
+        return [Evaluation(plan.site, plan.task, metrics, data[plan.site], probed.predictions)]
 
 
 def embedding_cache(plan: RunPlan, name: str, force: bool):

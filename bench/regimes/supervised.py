@@ -32,9 +32,10 @@ class Supervised(Regime):
         L.seed_everything(plan.seed, workers=True, verbose=False)
         model = plan.build_model(n_outputs(site_data.task, site_data))
         outcome = train_supervised(model, site_data, plan.profile, run_dir=env.run_dir, loggers=env.loggers,
-                                   progress=env.progress)
-        return Fitted(model=model, best_epoch=outcome.best_epoch, extra={"metrics": outcome.metrics})
+                                   progress=env.progress, callbacks=env.callbacks)
+        return Fitted(model=model, best_epoch=outcome.best_epoch,
+                      extra={"metrics": outcome.metrics, "predictions": outcome.predictions})
 
     def evaluate(self, plan: RunPlan, data: dict[str, SiteData], fitted: Fitted, env: RunEnv) -> list[Evaluation]:
         metrics = {**fitted.extra["metrics"], "best_epoch": fitted.best_epoch}
-        return [Evaluation(plan.site, plan.task, metrics, data[plan.site])]
+        return [Evaluation(plan.site, plan.task, metrics, data[plan.site], fitted.extra["predictions"])]

@@ -68,14 +68,18 @@ class TextDistill(Regime):
         options = plan.options()
         loss = DistillLoss(options["distill_temperature"], options["distill_center"])
         outcome = train_distill(model, projector, data, plan.profile.distill, run_dir=env.run_dir,
-                                loggers=env.loggers, progress=env.progress, loss=loss, preprocessing=options["probe"])
+                                loggers=env.loggers, progress=env.progress, loss=loss, preprocessing=options["probe"],
+                                callbacks=env.callbacks)
         save_run_artifacts(plan, env, model, text_dim, outcome.embeddings, data)
         return Fitted(model=model, best_epoch=outcome.best_epoch,
-                      extra={"metrics": outcome.metrics, "diagnostics": outcome.diagnostics})
+                      extra={"metrics": outcome.metrics, "diagnostics": outcome.diagnostics,
+                             "predictions": outcome.predictions})
 
     def evaluate(self, plan: RunPlan, data: dict[str, SiteData], fitted: Fitted, env: RunEnv) -> list[Evaluation]:
         metrics, diagnostics = fitted.extra["metrics"], fitted.extra["diagnostics"]
-        return [Evaluation(s, t, {**metrics[s][t], "best_epoch": fitted.best_epoch, **diagnostics}, data[s])
+        predictions = fitted.extra["predictions"]
+        return [Evaluation(s, t, {**metrics[s][t], "best_epoch": fitted.best_epoch, **diagnostics}, data[s],
+                           predictions[s][t])
                 for s in data for t in ("subtype", "survival")]
 
 

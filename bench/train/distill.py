@@ -49,7 +49,8 @@ from torch.utils.data import ConcatDataset, DataLoader
 from bench.config import DistillSettings
 from bench.data.dataset import SiteData, collate
 from bench.train.collapse import COLLAPSE_RULE, is_collapsed
-from bench.train.probe import EMBED_BATCH, embed, probe_subtype, probe_survival
+from bench.predictions import Predictions
+from bench.train.probe import EMBED_BATCH, ProbeResult, embed, fit_subtype_probe, fit_survival_probe, probe_subtype
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +293,7 @@ class DistillOutcome:
     best_epoch: int
     val_history: list[float]
     diagnostics: dict[str, float]  # CollapseDiagnostics.summary(): stored in every row of the run
+    predictions: dict[str, dict[str, Predictions]] = field(default_factory=dict)  # site -> task -> test predictions
     embeddings: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # site -> split -> [n, E] (probed)
 
 
@@ -329,7 +331,8 @@ def train_distill(model: torch.nn.Module, projector: torch.nn.Module, sites: dic
     trainer.fit(module, loader)
     model.load_state_dict(selection.best_state)
     embeddings: dict[str, dict[str, np.ndarray]] = {}
-    metrics = deploy_and_probe(model, {**sites, **(deploy or {})}, preprocessing, embeddings=embeddings)
+    probed = probe_sites(model, {**sites, **(deploy or {})}, preprocessing, embeddings=embeddings)
+    metrics = {site: {task: p.metrics for task, p in tasks.items()} for site, tasks in probed.items()}
     summary = {**diagnostics.summary(), "init_val_balanced_accuracy": selection.init_score}
     if summary["collapsed"]:
         log.warning("the %s distillation ended collapsed (%s): the patient-specific parts of student and teacher "
@@ -338,20 +341,23 @@ def train_distill(model: torch.nn.Module, projector: torch.nn.Module, sites: dic
                     "+".join(sites), COLLAPSE_RULE, summary["diag_centered_cosine"], summary["diag_kl_floor_ratio"],
                     summary["diag_std_ratio"])
     return DistillOutcome(metrics=metrics, best_epoch=selection.best_epoch, val_history=selection.history,
-                          diagnostics=summary, embeddings=embeddings)
+                          diagnostics=summary,
+                          predictions={site: {task: p.predictions for task, p in tasks.items()}
+                                       for site, tasks in probed.items()}, embeddings=embeddings)
 
 
-def deploy_and_probe(model: torch.nn.Module, sites: dict[str, SiteData], preprocessing: str = "raw",
-                     embeddings: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, dict[str, dict[str, float]]]:
+def probe_sites(model: torch.nn.Module, sites: dict[str, SiteData], preprocessing: str = "raw",
+                embeddings: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, dict[str, ProbeResult]]:
     """Embed every patient of ``sites`` with a trained model (``forward_features``) and probe both tasks
-    (after ``preprocessing``: ``raw`` or ``standardized``). ``embeddings``, if given, receives the probed
-    embeddings (site -> split -> ``[n, E]``), so that they can be kept without embedding anyone twice."""
+    (after ``preprocessing``: ``raw`` or ``standardized``): site -> task -> :class:`ProbeResult` (the
+    metrics and the test patients' predictions). ``embeddings``, if given, receives the probed embeddings
+    (site -> split -> ``[n, E]``), so that they can be kept without embedding anyone twice."""
     device = next(model.parameters()).device
     out = {}
     for site, data in sites.items():
         x = {split: embed(model, ds, device) for split, ds in data.splits.items()}
         if embeddings is not None:
             embeddings[site] = x
-        out[site] = {"subtype": probe_subtype(x, data, preprocessing=preprocessing),
-                     "survival": probe_survival(x, data, preprocessing=preprocessing)}
+        out[site] = {"subtype": fit_subtype_probe(x, data, preprocessing=preprocessing),
+                     "survival": fit_survival_probe(x, data, preprocessing=preprocessing)}
     return out

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader
 from bench import metrics as M
 from bench.data.dataset import PatientDataset, SiteData, collate
 from bench.data.features import cache_dir
+from bench.predictions import Predictions
 from models.base import BenchModel
 from models.run_options import PROBE_PREPROCESSING
 
@@ -99,9 +101,24 @@ def preprocess(x: dict[str, np.ndarray], preprocessing: str = "raw") -> dict[str
     return {split: ((np.asarray(v, dtype=np.float64) - mean) / std).astype(np.float32) for split, v in x.items()}
 
 
+@dataclass
+class ProbeResult:
+    """A probe's ``val_`` / ``test_`` metrics and the test patients' predictions they were computed
+    from (None when the test split was not scored)."""
+
+    metrics: dict[str, float]
+    predictions: Predictions | None = None
+
+
 def probe_subtype(x: dict[str, np.ndarray], data: SiteData, splits: tuple[str, ...] = ("val", "test"),
                   preprocessing: str = "raw") -> dict[str, float]:
     """Fit logistic regression on the (preprocessed) training embeddings; balanced accuracy and AUC of ``splits``."""
+    return fit_subtype_probe(x, data, splits, preprocessing).metrics
+
+
+def fit_subtype_probe(x: dict[str, np.ndarray], data: SiteData, splits: tuple[str, ...] = ("val", "test"),
+                      preprocessing: str = "raw") -> ProbeResult:
+    """:func:`probe_subtype`'s metrics and the test patients' class probabilities."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
 
@@ -112,12 +129,14 @@ def probe_subtype(x: dict[str, np.ndarray], data: SiteData, splits: tuple[str, .
     if data.n_classes > 2:  # liblinear is one-vs-rest, as scikit-learn applied it implicitly for the release
         clf = OneVsRestClassifier(clf)
     clf.fit(x["train"][keep], y["train"][keep])
-    out = {}
+    out, predictions = {}, None
     for split in splits:
         probs = np.zeros((len(x[split]), data.n_classes))
         probs[:, clf.classes_] = clf.predict_proba(x[split])
         out.update({f"{split}_{k}": v for k, v in M.subtype_metrics(y[split], probs).items()})
-    return out
+        if split == "test":
+            predictions = Predictions.of(data.splits[split], probs=probs)
+    return ProbeResult(out, predictions)
 
 
 def probe_duration_bins(x: dict[str, np.ndarray], data: SiteData, preprocessing: str = "raw") -> dict[str, float]:
@@ -136,6 +155,12 @@ def probe_duration_bins(x: dict[str, np.ndarray], data: SiteData, preprocessing:
 
 def probe_survival(x: dict[str, np.ndarray], data: SiteData, preprocessing: str = "raw") -> dict[str, float]:
     """Fit a penalised Cox model on the (preprocessed) training embeddings; val/test C-index (risk = partial hazard)."""
+    return fit_survival_probe(x, data, preprocessing).metrics
+
+
+def fit_survival_probe(x: dict[str, np.ndarray], data: SiteData, preprocessing: str = "raw") -> ProbeResult:
+    """:func:`probe_survival`'s metrics and the test patients' risk (NaN for everyone when the Cox
+    model did not converge, as the metrics are)."""
     from lifelines import CoxPHFitter
     from lifelines.exceptions import ConvergenceError
 
@@ -151,21 +176,26 @@ def probe_survival(x: dict[str, np.ndarray], data: SiteData, preprocessing: str 
             cph.fit(frame, duration_col="time", event_col="event")
     except ConvergenceError as err:
         log.warning("Cox model did not converge on %s embeddings: %s", data.site, err)
-        return {f"{s}_{m}": float("nan") for s in ("val", "test") for m in ("c_index", "ipcw_c_index")}
+        test = data.splits["test"]
+        return ProbeResult({f"{s}_{m}": float("nan") for s in ("val", "test") for m in ("c_index", "ipcw_c_index")},
+                           Predictions.of(test, risk=np.full(len(test), np.nan)))
+    predictions = None
     for split in ("val", "test"):
         ds = data.splits[split]
         test_frame = pd.DataFrame(x[split], columns=frame.columns[:-2])
         risk = np.asarray(cph.predict_partial_hazard(test_frame), dtype=float)
         m = M.survival_metrics(ds.events, ds.months, risk, *data.train_survival)
         out.update({f"{split}_{k}": v for k, v in m.items()})
-    return out
+        if split == "test":
+            predictions = Predictions.of(ds, risk=risk)
+    return ProbeResult(out, predictions)
 
 
-def run_linear_probe(model: BenchModel, data: SiteData, cache_path: Path, preprocessing: str = "raw") -> dict[str, float]:
-    """Embed (cached) and probe for ``data.task`` with ``preprocessing``; returns val_/test_ metrics."""
+def run_linear_probe(model: BenchModel, data: SiteData, cache_path: Path, preprocessing: str = "raw") -> ProbeResult:
+    """Embed (cached) and probe for ``data.task`` with ``preprocessing``: val_/test_ metrics and test predictions."""
     for p in model.parameters():
         p.requires_grad_(False)
     x = cached_embeddings(model, data.splits, cache_path)
     if data.task == "subtype":
-        return probe_subtype(x, data, preprocessing=preprocessing)
-    return probe_survival(x, data, preprocessing=preprocessing)
+        return fit_subtype_probe(x, data, preprocessing=preprocessing)
+    return fit_survival_probe(x, data, preprocessing=preprocessing)

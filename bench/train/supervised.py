@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader
 
 from bench import metrics as M
 from bench.config import Profile
-from bench.data.dataset import SiteData, collate
+from bench.data.dataset import PatientDataset, SiteData, collate
+from bench.predictions import Predictions
 from models import tasks
 from models.base import BenchModel
 
@@ -116,11 +117,14 @@ class TrainOutcome:
     metrics: dict[str, float]
     best_epoch: int
     val_history: list[float]
+    predictions: Predictions | None = None  # the selected checkpoint's test predictions
 
 
 def train_supervised(model: BenchModel, data: SiteData, profile: Profile, *, run_dir: Path,
-                     loggers: list, progress: bool = False, precision: str | None = None) -> TrainOutcome:
-    """Train ``model`` on ``data`` for the profile's epochs, select by validation, test the selected weights."""
+                     loggers: list, progress: bool = False, precision: str | None = None,
+                     callbacks: list[L.Callback] | None = None) -> TrainOutcome:
+    """Train ``model`` on ``data`` for the profile's epochs, select by validation, test the selected weights;
+    ``callbacks``: more Lightning callbacks, after the checkpoint (a tuning trial's pruning)."""
     train_ds, val_ds, test_ds = data.splits["train"], data.splits["val"], data.splits["test"]
     bs = profile.batch_size
     generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
@@ -133,7 +137,8 @@ def train_supervised(model: BenchModel, data: SiteData, profile: Profile, *, run
         checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, monitor="val_metric", mode="max",
                                                          save_top_k=1, save_weights_only=True, filename="best")
         trainer = L.Trainer(
-            accelerator="auto", devices=1, max_epochs=profile.epochs, logger=loggers, callbacks=[checkpoint],
+            accelerator="auto", devices=1, max_epochs=profile.epochs, logger=loggers,
+            callbacks=[checkpoint, *(callbacks or [])],
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
             deterministic=True, log_every_n_steps=max(1, len(train_loader)), default_root_dir=str(run_dir),
             precision=precision or ("bf16-mixed" if torch.cuda.is_available() and not profile.narrowed else "32-true"),
@@ -148,7 +153,17 @@ def train_supervised(model: BenchModel, data: SiteData, profile: Profile, *, run
     test_logits, test_t = predict_logits(model, test_loader, device)
     metrics = {f"val_{k}": v for k, v in evaluate_logits(val_logits, val_t, data.task, data.train_survival).items()}
     metrics.update({f"test_{k}": v for k, v in evaluate_logits(test_logits, test_t, data.task, data.train_survival).items()})
-    return TrainOutcome(metrics=metrics, best_epoch=best_epoch, val_history=module.val_history)
+    return TrainOutcome(metrics=metrics, best_epoch=best_epoch, val_history=module.val_history,
+                        predictions=predictions_of_logits(test_ds, test_logits, data.task))
+
+
+def predictions_of_logits(dataset: PatientDataset, logits: torch.Tensor, task: str) -> Predictions:
+    """The test predictions behind the test metrics: class probabilities or risk of ``logits``
+    (``[n, K]``, the rows of ``dataset`` in order, as an unshuffled loader yields them)."""
+    prediction = tasks.task_prediction(logits, task).numpy()
+    if task == "subtype":
+        return Predictions.of(dataset, probs=prediction)
+    return Predictions.of(dataset, risk=prediction)
 
 
 def configure_determinism() -> None:

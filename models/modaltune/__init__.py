@@ -26,7 +26,8 @@ Every entry takes overrides, the fields of :class:`ModalTuneConfig` (an unknown 
 ValueError listing the valid ones), and registers its resolved configuration (``config=``), so each
 part enters the run id: ``adapter`` (Modal Adapter or LoRA), ``gene_tokens`` (Gene Mixer or learned
 tokens), ``tasks`` (three task prompts or the general one alone), ``projector`` (frozen, none,
-trainable, model-side) and ``text_encoder`` (the cohort's cached text embeddings the run distils).
+trainable, model-side), ``text_encoder`` (the cohort's cached text embeddings the run distils) and
+``clinical`` (a clinical token joins the adapter tokens: "ModalTune w/ Clinical", ``ablations/clinical.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import torch
 from torch import nn
 
 from models.base import ModelContext
+from models.clinical import encoded_width
 from models.genemixer import GeneMixer, GeneMixerConfig
 from models.modaltune.adapter import InteractionBlock, interaction_groups
 from models.modaltune.backbones import GigaPathBackbone, SlideBackbone, TitanBackbone
@@ -115,21 +117,32 @@ def build_gene_encoder(ctx: ModelContext, config: ModalTuneConfig, width: int) -
 def build_modaltune(ctx: ModelContext, encoder: str = "gigapath", **overrides: object) -> ModalTune:
     """ModalTune on ``encoder`` for ``ctx``; ``overrides`` replace :class:`ModalTuneConfig` fields
     (parts and ablations: e.g. ``adapter="lora"``, ``gene_tokens="learned"``, ``projector="none"``,
-    ``tasks=("general",)``, ``output_dim=512``)."""
+    ``tasks=("general",)``, ``output_dim=512``, ``clinical=True``: the clinical token reads the
+    :func:`models.clinical.encoded_width`-wide clinical vector)."""
     config = resolve_config(ctx, encoder, overrides)
     backbone = build_backbone(encoder, ctx)
     gene_encoder = build_gene_encoder(ctx, config, backbone.embed_dim)
-    return ModalTune(backbone, gene_encoder, config, ctx.n_outputs, text_dim=ctx.text_dim)
+    clinical_dim = encoded_width() if config.clinical else None
+    return ModalTune(backbone, gene_encoder, config, ctx.n_outputs, text_dim=ctx.text_dim, clinical_dim=clinical_dim)
+
+
+def _run_id_config(config: ModalTuneConfig) -> dict[str, object]:
+    """``config`` as the dict that enters the run id. ``clinical`` appears only when set: the field came
+    after results were stored, and a model without the clinical token is the model those runs trained."""
+    fields = asdict(config)
+    if not fields["clinical"]:
+        del fields["clinical"]
+    return fields
 
 
 def _gigapath_config(ctx: ModelContext, **overrides: object) -> dict[str, object]:
     """The resolved configuration of a Prov-GigaPath ModalTune (enters the run id)."""
-    return asdict(resolve_config(ctx, "gigapath", overrides))
+    return _run_id_config(resolve_config(ctx, "gigapath", overrides))
 
 
 def _titan_config(ctx: ModelContext, **overrides: object) -> dict[str, object]:
     """The resolved configuration of a TITAN ModalTune (enters the run id)."""
-    return asdict(resolve_config(ctx, "titan", overrides))
+    return _run_id_config(resolve_config(ctx, "titan", overrides))
 
 
 _REGISTRATION = {"modalities": ("wsi", "rna"), "tasks": ("multitask",), "regime": "text_distill"}

@@ -44,6 +44,13 @@ self-attention and gene positions by 12 x 92,160 LoRA parameters -> 26,412,126;
 ``projector="none"`` widens ``final_project`` to the 512-d text -> 33,723,806; ``frozen`` and
 ``trainable`` projectors are no model parameters (33,525,918, as the release).
 
+``clinical=True`` ("ModalTune w/ Clinical", Table 10) adds one clinical token, the release's 2-layer
+clinical MLP over the encoded clinical vector (:mod:`models.modaltune.clinical`, :mod:`models.clinical`),
+to the adapter tokens (after the task prompt, before the pathway tokens; the release puts it first,
+which only permutes the learned positions) and its own term to the fusion (summed, or concatenated
+after the pathway mean); at the paper configuration it adds 314,496 + 768 (one more adapter-token
+position) -> 33,841,182 trainable with the head (TITAN's "cat" fusion also widens the final layers).
+
 Deviation (documented): the frozen encoder always runs in eval mode (no embedding / FFN dropout,
 no stochastic depth inside it), while the release's ``model.train()`` also switches the frozen
 encoder's dropout on.
@@ -67,6 +74,7 @@ from models.modaltune.adapter import (
     validate_interaction_groups,
 )
 from models.modaltune.backbones import EncodedBag, SlideBackbone
+from models.modaltune.clinical import ClinicalTokens
 from models.modaltune.gene_tokens import LearnedGeneTokens
 from models.modaltune.lora import LayerLoRA, LowRank
 from models.modaltune.projection import DEFAULT_TEXT_ENCODER, PROJECTORS, check_text_encoder
@@ -108,7 +116,9 @@ class ModalTuneConfig:
     [``img_lora_dim`` 4], ``lora_multimodal_rank`` [``mm_lora_dim`` 8], ``lora_alpha`` [32],
     ``lora_dropout`` [0]); ``gene_tokens``: ``"transcriptomics"`` (the Gene Mixer) or ``"learned"``
     (as many trainable tokens, RNA ignored: "Single Modal"); ``projector`` and ``text_encoder``:
-    the text side of the distillation (:mod:`models.modaltune.projection`).
+    the text side of the distillation (:mod:`models.modaltune.projection`); ``clinical``: a clinical
+    token from the patient's clinical variables joins the adapter tokens ("ModalTune w/ Clinical",
+    Table 10; Modal Adapter only).
     """
 
     tasks: tuple[str, ...] = MODALTUNE_TASKS
@@ -132,6 +142,7 @@ class ModalTuneConfig:
     lora_multimodal_rank: int = 8
     lora_alpha: float = 32.0
     lora_dropout: float = 0.0
+    clinical: bool = False
 
     def __post_init__(self) -> None:
         # Overrides may arrive as JSON lists: keep the sequences hashable and comparable.
@@ -159,6 +170,11 @@ class ModalTuneConfig:
             raise ValueError("lora_image_rank, lora_multimodal_rank and lora_alpha must be positive")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora_dropout must lie in [0, 1), got {self.lora_dropout}")
+        if not isinstance(self.clinical, bool):
+            raise ValueError(f"clinical must be true or false, got {self.clinical!r}")
+        if self.clinical and self.adapter != "modal_adapter":
+            raise ValueError("the clinical token is an adapter token of the Modal Adapter; adapter "
+                             f"{self.adapter!r} has no place for it (use adapter='modal_adapter')")
 
     @classmethod
     def for_encoder(cls, encoder: str, profile: str, text_dim: int = 512, **overrides: object) -> ModalTuneConfig:
@@ -237,6 +253,9 @@ class ModalTune(BenchModel):
     (optional) and ``rna [B, G]``; every bag needs at least one real patch (patients without RNA are
     excluded upstream).
 
+    With ``clinical`` the model also reads ``clinical [B, clinical_dim]`` (the encoded vector of
+    :mod:`models.clinical`) and its adapter tokens are ``[task prompt; clinical token; pathway tokens]``.
+
     With ``adapter="lora"`` the interaction blocks, prompt self-attention and adapter-token
     positions are not built: every encoder layer runs with a :class:`~models.modaltune.lora.LayerLoRA`
     (``lora``) fed the task prompt and the mean gene token; the output fusion is unchanged.
@@ -246,7 +265,7 @@ class ModalTune(BenchModel):
 
     def __init__(
         self, backbone: SlideBackbone, gene_encoder: nn.Module, config: ModalTuneConfig, n_outputs: int,
-        text_dim: int | None = None,
+        text_dim: int | None = None, clinical_dim: int | None = None,
     ) -> None:
         super().__init__()
         dim = backbone.embed_dim
@@ -254,6 +273,8 @@ class ModalTune(BenchModel):
             raise ValueError(f"gene encoder width {gene_encoder.embed_dim} != slide encoder width {dim}")
         if config.projector == "model_side" and text_dim is None:
             raise ValueError("the model_side projector ends the model in the text width: give text_dim")
+        if config.clinical and clinical_dim is None:
+            raise ValueError("the clinical token reads the encoded clinical vector: give clinical_dim")
         groups = config.interaction_indexes or interaction_groups(backbone.depth, config.n_blocks)
         self.groups = validate_interaction_groups(groups, backbone.depth)
         self.config = config
@@ -269,6 +290,8 @@ class ModalTune(BenchModel):
         self.gene_encoder = gene_encoder
         multi = self.n_tasks > 1
         self.n_prompts = int(multi)
+        self.n_clinical = int(config.clinical)
+        self.clinical_tokens = ClinicalTokens(int(clinical_dim), dim) if config.clinical else None
         if config.adapter == "lora":
             self.interactions, self.prompt_attention, self.gene_pe = None, None, None
             self.lora = nn.ModuleList(
@@ -280,7 +303,7 @@ class ModalTune(BenchModel):
             self._build_modal_adapter(dim, config, int(gene_encoder.n_tokens))
             self.lora = None
         self.task_weight = nn.Sequential(nn.Linear(self.n_tasks, dim), nn.LayerNorm(dim)) if multi else None
-        width = dim * (2 + self.n_prompts) if config.token_agg == "cat" else dim
+        width = dim * (2 + self.n_prompts + self.n_clinical) if config.token_agg == "cat" else dim
         self.final_norm = nn.LayerNorm(width)
         self.final_project = nn.Linear(width, config.output_dim)
         self.text_project = nn.Linear(config.output_dim, self.embed_dim) if config.projector == "model_side" else None
@@ -309,20 +332,21 @@ class ModalTune(BenchModel):
             if config.prompt_self_attention
             else None
         )
-        self.gene_pe = nn.Parameter(torch.zeros(self.n_prompts + n_gene_tokens, dim))
+        self.gene_pe = nn.Parameter(torch.zeros(self.n_prompts + self.n_clinical + n_gene_tokens, dim))
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Initialise every trainable part as the release (the frozen encoder and ``head`` untouched):
         interaction blocks and prompt attention by their own ``reset_parameters``; Gene Mixer, task
-        prompts and final layers (and the ``model_side`` projection) by :func:`_release_init`;
+        prompts, clinical MLP and final layers (and the ``model_side`` projection) by :func:`_release_init`;
         ``gene_pe ~ trunc_normal(std 0.02)``; learned gene tokens and LoRA by their own
         ``reset_parameters`` (tokens ``trunc_normal(std 0.02)``; LoRA ``A`` Kaiming, ``B`` zero)."""
         for block in self.interactions or ():
             block.reset_parameters()
         for layer in self.prompt_attention or ():
             layer.reset_parameters()
-        for module in (self.gene_encoder, self.task_weight, self.final_norm, self.final_project, self.text_project):
+        for module in (self.gene_encoder, self.task_weight, self.clinical_tokens, self.final_norm, self.final_project,
+                       self.text_project):
             if isinstance(module, LearnedGeneTokens):
                 module.reset_parameters()
             elif module is not None:
@@ -353,6 +377,7 @@ class ModalTune(BenchModel):
             "prompt_attention": self.prompt_attention,
             "lora": self.lora,
             "task_weight": self.task_weight,
+            "clinical": self.clinical_tokens,
             "final": nn.ModuleList([self.final_norm, self.final_project]),
             "text_project": self.text_project,
             "head": self.head,
@@ -369,17 +394,23 @@ class ModalTune(BenchModel):
             raise ValueError(f"task indexes must lie in [0, {self.n_tasks}) ({self.task_names}), got {ids}")
         return ids
 
-    def adapter_tokens(self, rna: torch.Tensor, task_ids: Sequence[int]) -> torch.Tensor:
-        """Adapter tokens ``[B * n, n_prompts + n_tokens, D]``: per patient and task (task fastest),
-        the task prompt followed by the patient's pathway tokens."""
-        genes = self.gene_encoder.forward_tokens(rna)  # [B, G, D]
+    def adapter_tokens(self, rna: torch.Tensor, task_ids: Sequence[int],
+                       clinical: torch.Tensor | None = None) -> torch.Tensor:
+        """Adapter tokens ``[B * n, n_prompts + n_clinical + n_tokens, D]``: per patient and task (task
+        fastest), the task prompt, the clinical token (``clinical [B, C]``, with the ``clinical`` part)
+        and the patient's pathway tokens."""
+        n = len(task_ids)
+        tokens = self.gene_encoder.forward_tokens(rna)  # [B, G, D]
+        if self.clinical_tokens is not None:
+            if clinical is None:
+                raise ValueError("ModalTune w/ Clinical reads batch['clinical'] (the encoded clinical vector)")
+            tokens = torch.cat([self.clinical_tokens(clinical), tokens], dim=1)
         if self.task_weight is None:
-            return genes
+            return tokens  # one task: n == 1
         weight = self.task_weight[0].weight
         one_hot = torch.eye(self.n_tasks, dtype=weight.dtype, device=weight.device)[list(task_ids)]
         prompts = self.task_weight(one_hot)  # [n, D]
-        n = len(task_ids)
-        return torch.cat([prompts.repeat(genes.shape[0], 1).unsqueeze(1), genes.repeat_interleave(n, dim=0)], dim=1)
+        return torch.cat([prompts.repeat(tokens.shape[0], 1).unsqueeze(1), tokens.repeat_interleave(n, dim=0)], dim=1)
 
     def _run_layer(self, index: int, tokens: torch.Tensor, context: object) -> torch.Tensor:
         if self.checkpoint_encoder and torch.is_grad_enabled() and tokens.requires_grad:
@@ -395,8 +426,11 @@ class ModalTune(BenchModel):
         return run(index, tokens, context, self.lora[index], gene, task)
 
     def _fuse(self, image: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Image feature, task token and mean pathway token -> summed ``[B, D]`` or concatenated ``[B, kD]``."""
-        parts = [image, *([c[:, 0]] if self.n_prompts else []), c[:, self.n_prompts :].mean(dim=1)]
+        """Image feature, task token, mean pathway token and clinical token (the release's order) -> summed
+        ``[B, D]`` or concatenated ``[B, kD]``."""
+        first_gene = self.n_prompts + self.n_clinical
+        parts = [image, *([c[:, 0]] if self.n_prompts else []), c[:, first_gene:].mean(dim=1),
+                 *([c[:, self.n_prompts]] if self.n_clinical else [])]
         if self.config.token_agg == "cat":
             return torch.cat(parts, dim=-1)
         return torch.stack(parts).sum(dim=0)
@@ -437,7 +471,7 @@ class ModalTune(BenchModel):
                 raise ValueError("ModalTune needs at least one real patch in every bag")
         task_ids = self._task_ids(tasks)
         n = len(task_ids)
-        c = self.adapter_tokens(batch["rna"], task_ids)
+        c = self.adapter_tokens(batch["rna"], task_ids, batch.get("clinical") if self.n_clinical else None)
         bag = self.backbone.embed(features, coords, mask)
         if n > 1:
             bag = self.backbone.repeat(bag, n)

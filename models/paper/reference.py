@@ -21,14 +21,16 @@ def paper_reference() -> dict[str, Any]:
 
 _METRIC_KEYS = {"subtype": "subtype_balanced_accuracy", "survival": "survival_c_index"}
 #: Tables the paper publishes only in part: the Overall figures it gives, by row label.
-_OVERALL_ONLY = {"table8": "table8_ablations_known", "table9": "table9_titan_known"}
+_OVERALL_ONLY = {"table8": "table8_ablations_known", "table9": "table9_titan_known",
+                 "table10": "table10_clinical_known"}
 
 
 def published(table: str, task: str, label: str, site: str) -> tuple[float, float | None] | None:
     """The published ``(mean, std)`` of a table cell, or None where the paper gives none.
 
     Tables 2 and 3 publish per-site cells; Table 8 (ablations) only ModalTune's Overall (the other rows
-    as changes relative to it, in the text); Table 9 (TITAN) only ModalTune TITAN's Overall.
+    as changes relative to it, in the text); Table 9 (TITAN) only ModalTune TITAN's Overall; Table 10
+    (clinical data) only Overall figures: ModalTune's both, ModalTune w/ Clinical's survival.
     """
     ref = paper_reference()
     if table in _OVERALL_ONLY:

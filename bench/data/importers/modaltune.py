@@ -39,6 +39,7 @@ import pandas as pd
 
 from bench.data import format as fmt
 from bench.data.features import FEATURE_SUFFIXES, RASTER_WIDTH, open_feature_file
+from bench.data.importers.clinical import clinical_columns, read_clinical
 from bench.data.importers.mcat import read_families
 from bench.data.importers.survpath import RNA_DUPLICATE_POLICIES, read_pathways, read_rna
 from bench.data.importers.values import raw_text, show
@@ -452,6 +453,7 @@ def import_modaltune(
     families_csv: str | Path | None = None,
     all_patients: bool = False,
     rna_duplicates: str = "error",
+    clinical_csv: str | Path | None = None,
 ) -> ImportReport:
     """Import the ModalTune release's split files (and optional RNA, pathways, families, features) as a cohort.
 
@@ -463,7 +465,10 @@ def import_modaltune(
     ``signatures.csv`` or a long ``gene,family`` table. Without ``all_patients`` only patients with
     ``gene_availability == 1`` are kept. ``rna_duplicates`` (``error``, ``mean`` or ``first``) says
     what to do with a patient on several rows of one RNA file; the patients it resolved are named in
-    the notes and in ``cohort.json``'s ``provenance.rna_duplicates``. The cohort is published by
+    the notes and in ``cohort.json``'s ``provenance.rna_duplicates``. ``clinical_csv`` adds the patients'
+    treatment type and ER / PR / HER2 status (:mod:`bench.data.importers.clinical`, which states its
+    rules: barcodes, values, duplicates, unlisted patients) as extra ``patients.csv`` columns; without
+    it the cohort has none of them. The cohort is published by
     :func:`bench.data.publish.publish_cohort`: written into a private directory next to ``out_dir``,
     its content fingerprint stored in its ``cohort.json`` (which reads every linked feature file
     once), then renamed onto ``out_dir``, which must be absent, empty or an earlier cohort (replaced).
@@ -477,6 +482,7 @@ def import_modaltune(
                                 f"{', '.join(RNA_DUPLICATE_POLICIES)}")
     refuse_foreign(out_dir)  # before reading anything: the same check is repeated when publishing
     notes: list[str] = []
+    clinical = read_clinical(Path(clinical_csv), notes) if clinical_csv is not None else None
 
     folders = _site_folders(splits_dir, sites, notes)
     records = pd.concat([_read_split_file(folder / SPLIT_FILE.format(split=split, site=folder.name[len(SITE_DIR_PREFIX):]),
@@ -543,6 +549,9 @@ def import_modaltune(
             "has_wsi": patients["has_wsi"],
             "case_uuid": patients["case_id"],
         }, columns=list(fmt.PATIENT_COLUMNS + EXTRA_COLUMNS))
+        if clinical is not None:
+            for column, values in clinical_columns(clinical, table["case_id"], table["site"], notes).items():
+                table[column] = values
         fmt.write_atomic(tmp / fmt.PATIENTS, lambda p: table.to_csv(p, index=False))
         if rna is not None:
             expr = rna.loc[table.loc[table["has_rna"] == 1, "case_id"], genes].reset_index()
@@ -555,6 +564,7 @@ def import_modaltune(
             "rna": [str(p.resolve()) for p in rna_paths],
             "pathways": None if pathways_csv is None else str(Path(pathways_csv).resolve()),
             "families": None if families_csv is None else str(Path(families_csv).resolve()),
+            "clinical": None if clinical_csv is None else str(Path(clinical_csv).resolve()),
         }
         provenance = {"kind": "imported", "importer": __name__, "source_paths": source_paths,
                       "all_patients": bool(all_patients)}
