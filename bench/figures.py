@@ -83,7 +83,9 @@ class FigureResult:
 def load_context(store: str | Path | None = None, profile: str | None = None, runs_dir: str | Path | None = None,
                  weights: str | None = None, seed: int = 0) -> FigureContext:
     """The rows of ``profile`` (default: the latest stored row's) in the store at ``store`` (default
-    ``$BENCH_STORE``, else ``runs/results.sqlite``)."""
+    ``$BENCH_STORE``, else ``runs/results.sqlite``); where a cell has tuned runs, those, as the tables count."""
+    from bench.reporting import prefer_tuned
+
     path = store_path(str(store) if store else None)
     if not path.is_file():
         raise BenchError(f"results store {path} does not exist; run a grid first (e.g. `make table2`) or pass --store")
@@ -91,7 +93,7 @@ def load_context(store: str | Path | None = None, profile: str | None = None, ru
         if profile is None:
             latest = results.latest()
             profile = latest.profile if latest else "small"
-        rows = results.rows(profile=profile)
+        rows = prefer_tuned(results.rows(profile=profile))
     use_profile_threads(profile)
     return FigureContext(store=path, profile=profile, rows=rows, runs_dir=Path(runs_dir or DEFAULT_RUNS_DIR),
                          weights=weights, seed=seed)
@@ -257,13 +259,11 @@ def overall_c_index(ctx: FigureContext, model: str, sites: Sequence[str]) -> flo
 
 
 def stored_predictions(ctx: FigureContext, row: ResultRow) -> pd.DataFrame | None:
-    """The per-patient test predictions of ``row`` from the store (None when it holds none)."""
+    """The per-patient test predictions of ``row`` from the store (None when it holds none: a row stored
+    before the store kept them)."""
     with ResultStore(ctx.store) as results:
-        if not hasattr(results, "predictions"):
-            raise BenchError("this version of the results store keeps no per-patient test predictions, which the "
-                             "Kaplan–Meier figure needs")
         frame = results.predictions(row.run_id, row.site, row.task)
-    return frame if frame is not None and len(frame) else None
+    return frame if len(frame) else None
 
 
 def figure_km(ctx: FigureContext, out_dir: Path, sites: Sequence[str] | None = None, **_: Any) -> FigureResult:
@@ -279,7 +279,8 @@ def figure_km(ctx: FigureContext, out_dir: Path, sites: Sequence[str] | None = N
         chosen.append(f"{label} ({what})" if what.startswith("best") else label)
         for site in sites:
             row = first_run(ctx, model, site, "survival")
-            title = f"{label} · {site}" + (f" · seed {row.seed}" if row else "")
+            shown = f"{label} ({what})" if what.startswith("best") else label
+            title = f"{shown} · {site}" + (f" · seed {row.seed}" if row else "")
             if row is None:
                 panels.append(KMPanel(title, None, "not run"))
                 continue

@@ -60,11 +60,12 @@ def stored_tables(ctx: FigureContext) -> list[str]:
 
 
 def render_tables(ctx: FigureContext, names: list[str]) -> dict[str, dict[str, str]]:
-    """``name -> {"md": …, "csv": …}``: each table rendered from the store as ``bench table`` renders it."""
+    """``name -> {"md": …, "csv": …}``: each table rendered from the store as ``bench table --ci`` renders it
+    (bootstrap intervals and paired tests from the stored predictions)."""
     from bench.reporting import render_table
 
-    return {name: {fmt: render_table(name, store=ctx.store, profile=ctx.profile, fmt=fmt) for fmt in ("md", "csv")}
-            for name in names}
+    return {name: {fmt: render_table(name, store=ctx.store, profile=ctx.profile, fmt=fmt, ci=True)
+                   for fmt in ("md", "csv")} for name in names}
 
 
 def cohort_section(ctx: FigureContext) -> str:

@@ -77,10 +77,6 @@ def test_figure_command_writes_png_and_pdf(run: dict, capsys, tmp_path: Path) ->
 
 def test_km_figure_from_the_stored_predictions(run: dict, capsys, tmp_path: Path) -> None:
     """The Kaplan–Meier figure reads the run's stored test predictions; rows not run are panels saying so."""
-    from bench.results import ResultStore
-
-    if not hasattr(ResultStore, "predictions"):
-        pytest.skip("this results store keeps no per-patient test predictions (the statistics change adds them)")
     assert main(["figure", "km", *_args(run), "--out", str(tmp_path), "--json"]) == 0
     figure = json.loads(capsys.readouterr().out)["figures"][0]
     assert min(_png(Path(figure["files"][0]))) > 100
@@ -144,6 +140,7 @@ def test_report_page_holds_every_table_and_figure(report: dict) -> None:
     assert {"figure-km", "cohort", "profile", "encoders"} <= page.ids
     text = summary.page.read_text(encoding="utf-8")
     assert "random init" in text and "ModalTune (Ours)" in text and "RCC" in text
+    assert "confidence intervals and paired tests (bootstrap over test patients)" in text  # bench table --ci
     assert not list(out.parent.glob(".report.*"))  # the staging directory is gone
 
 
