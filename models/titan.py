@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.flex_alibi import flex_alibi_attention, flex_unavailable_reason
 from models.names import check_profile
 from models.checkpoint import check_checkpoint, load_checkpoint, load_state_strictly
 
@@ -99,7 +100,9 @@ class TitanConfig:
     (``nn.LayerNorm`` default).  ``patch_size_lv0`` is the tile size in level-0 pixels used to
     build the grid when a call does not give one.  ``max_bias_elements`` bounds one block of the
     ALiBi bias (``B x H x rows x tokens`` floats; the default is 1 GiB in float32, which holds the
-    whole bias of a 4,096-tile bag).
+    whole bias of a 4,096-tile bag).  ``flex_min_tokens``: inference over bags of at least this many
+    tokens computes the bias inside a compiled FlexAttention kernel instead (:mod:`models.flex_alibi`;
+    ``None``: never); smaller bags, and every pass under autograd, use SDPA with the bias blocks.
     The reference uses no dropout and no stochastic depth, so there are none here.
     """
 
@@ -115,6 +118,7 @@ class TitanConfig:
     norm_eps: float = 1e-6
     pool_norm_eps: float = 1e-5
     max_bias_elements: int = 2**28
+    flex_min_tokens: int | None = 2048
 
     def __post_init__(self) -> None:
         if self.embed_dim % self.num_heads:
@@ -123,6 +127,8 @@ class TitanConfig:
             raise ValueError(f"embed_dim {self.embed_dim} must be divisible by pool_heads {self.pool_heads}")
         if min(self.depth, self.pool_queries, self.patch_size_lv0, self.max_bias_elements) < 1:
             raise ValueError("depth, pool_queries, patch_size_lv0 and max_bias_elements must be positive")
+        if self.flex_min_tokens is not None and self.flex_min_tokens < 1:
+            raise ValueError("flex_min_tokens must be positive or None")
 
     @property
     def mlp_dim(self) -> int:
@@ -250,8 +256,10 @@ class AlibiBias:
         slopes: torch.Tensor,
         token_mask: torch.Tensor | None = None,
         max_elements: int = TitanConfig.max_bias_elements,
+        flex_min_tokens: int | None = TitanConfig.flex_min_tokens,
     ) -> None:
         batch, n_tiles, _ = cells.shape
+        self.flex_min_tokens = flex_min_tokens
         self.n_tokens = n_tiles + 1
         self.token_mask = None if token_mask is None or bool(token_mask.all()) else token_mask.bool()
         self.slopes = slopes.to(device=cells.device, dtype=torch.float32)
@@ -330,7 +338,25 @@ class AlibiBias:
         ``Tensor.repeat_interleave(repeats, dim=0)`` repeats the tokens)."""
         mask = None if self.token_mask is None else self.token_mask.repeat_interleave(repeats, dim=0)
         cells = self.positions[:, 1:].repeat_interleave(repeats, dim=0)
-        return AlibiBias(cells, self.slopes, mask, self.max_elements)
+        return AlibiBias(cells, self.slopes, mask, self.max_elements, self.flex_min_tokens)
+
+    def uses_flex(self) -> bool:
+        """True when :meth:`attend` computes the bias inside FlexAttention: no autograd, a bag of at
+        least ``flex_min_tokens`` tokens, and a kernel that compiled in this process."""
+        return (self.flex_min_tokens is not None and self.n_tokens >= self.flex_min_tokens
+                and not torch.is_grad_enabled() and flex_unavailable_reason() is None)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``softmax(q k^T / sqrt(d) + bias) v`` for ``q, k, v [B, H, T, d]`` -> ``[B, H, T, d]``: in one
+        FlexAttention kernel that computes the bias per score (:meth:`uses_flex`), else SDPA over the
+        bias's query-row blocks."""
+        if self.uses_flex():
+            out = flex_alibi_attention(q, k, v, self.positions, self.slopes, self.token_mask)
+            if out is not None:
+                return out
+        parts = [F.scaled_dot_product_attention(q[:, :, start:stop], k, v, attn_mask=block)
+                 for start, stop, block in self.blocks(q.dtype)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
     def dense(self) -> torch.Tensor:
         """The whole bias ``float32 [B, H, T, T]`` (for inspection and tests; quadratic in memory)."""
@@ -340,8 +366,8 @@ class AlibiBias:
 class TitanAttention(nn.Module):
     """Multi-head self-attention with an additive ALiBi bias (``Attention`` of the reference).
 
-    ``qkv: Linear(D, 3D)`` split as ``(3, H, D / H)``, SDPA with ``attn_mask`` = the bias block,
-    ``proj: Linear(D, D)``.  ``[B, T, D] -> [B, T, D]``; query rows run in the bias's blocks.
+    ``qkv: Linear(D, 3D)`` split as ``(3, H, D / H)``, attention under the bias (:meth:`AlibiBias.attend`),
+    ``proj: Linear(D, D)``.  ``[B, T, D] -> [B, T, D]``.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
@@ -353,11 +379,7 @@ class TitanAttention(nn.Module):
     def forward(self, x: torch.Tensor, bias: AlibiBias) -> torch.Tensor:
         batch, n_tokens, dim = x.shape
         q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, dim // self.num_heads)).permute(2, 0, 3, 1, 4)
-        parts = [
-            F.scaled_dot_product_attention(q[:, :, start:stop], k, v, attn_mask=block)
-            for start, stop, block in bias.blocks(q.dtype)
-        ]
-        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+        out = bias.attend(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(batch, n_tokens, dim))
 
 
@@ -538,7 +560,8 @@ class TitanSlideEncoder(nn.Module):
         tokens = torch.cat([self.cls_token.to(tiles.dtype).expand(tiles.shape[0], -1, -1), tiles], dim=1)
         token_mask = torch.cat([grid.mask.new_ones(grid.mask.shape[0], 1), grid.mask], dim=1)
         slopes = alibi_slopes(self.config.num_heads, device=tokens.device)
-        return tokens, AlibiBias(grid.cells, slopes, token_mask, self.config.max_bias_elements)
+        return tokens, AlibiBias(grid.cells, slopes, token_mask, self.config.max_bias_elements,
+                                 self.config.flex_min_tokens)
 
     def pool(self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Slide embedding ``[B, D]``: the contrastive pooler over the final tokens (no ``proj``)."""

@@ -458,3 +458,27 @@ def test_loading_is_strict(tmp_path):
         load_titan_weights(model, tmp_path / "full.safetensors")
     with pytest.raises(FileNotFoundError):
         load_titan_weights(model, tmp_path / "absent.safetensors")
+
+
+def test_flex_attention_computes_the_bias_in_the_kernel_with_the_same_outputs():
+    """Inference over bags of at least ``flex_min_tokens`` tokens runs one compiled FlexAttention kernel
+    that computes the ALiBi bias per score; it must give the materialised bias's outputs, masked tokens
+    and the CLS row/column (distance 0, although a tile can sit on cell (0, 0)) included."""
+    from models import flex_alibi
+
+    features, coords = random_bag(40, span=8)
+    coords[0, 0] = 0.0  # a tile on the grid origin: its distance to CLS must still be 0
+    batch = torch.cat([features, features.flip(1)]), torch.cat([coords, coords.flip(1)])
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[1, 25:] = False
+    sdpa, flex = tiny_model(flex_min_tokens=None), tiny_model(flex_min_tokens=1)
+    with torch.no_grad():
+        _, bias = flex.embed(*batch, mask)
+        assert bias.uses_flex()
+        expected, got = sdpa(*batch, mask), flex(*batch, mask)
+    if flex_alibi.flex_unavailable_reason() is not None:
+        pytest.skip(f"FlexAttention cannot compile here: {flex_alibi.flex_unavailable_reason()}")
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+    assert not flex.embed(*batch, mask)[1].uses_flex()  # autograd always takes the SDPA path
+    trained = flex(*batch, mask)
+    assert trained.requires_grad and torch.allclose(trained, expected, atol=1e-5)

@@ -1,6 +1,7 @@
 """Harness overhead (``python -m bench perf harness``): ``abmil`` trained for a fixed number of steps
 through the harness (Lightning module, trainer, loggers, the data loader's collate) and through a bare
-PyTorch loop over the same loader, initialisation and loss; both wall times and their ratio.
+PyTorch loop over the same loader, initialisation, loss, optimiser and learning-rate schedule; both wall
+times and their ratio.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def harness(steps: int = 200, patches: int = 512, dim: int = 1536, batch_size: i
     def bare() -> float:
         torch.manual_seed(0)
         model = entry.build(ctx)
-        opt = torch.optim.AdamW(model.parameters(), lr=profile.lr, weight_decay=profile.weight_decay)
+        # The module's own optimiser and per-step schedule, driven without Lightning.
+        optimisation = SupervisedModule(model, "subtype", profile, steps_per_epoch=len(loader)).configure_optimizers()
+        opt, scheduler = optimisation["optimizer"], optimisation["lr_scheduler"]["scheduler"]
         model.train()
         done, start = 0, time.perf_counter()
         while done < steps:
@@ -56,6 +59,7 @@ def harness(steps: int = 200, patches: int = 512, dim: int = 1536, batch_size: i
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                scheduler.step()
                 done += 1
                 if done == steps:
                     break

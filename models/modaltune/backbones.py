@@ -187,9 +187,7 @@ class TitanBackbone(SlideBackbone):
     def repeat(self, bag: EncodedBag, n: int) -> EncodedBag:
         bias: AlibiBias = bag.context
         mask = None if bag.token_mask is None else bag.token_mask.repeat_interleave(n, dim=0)
-        cells = bias.positions[:, 1:].repeat_interleave(n, dim=0)  # grid cells of the tile tokens
-        repeated = AlibiBias(cells, bias.slopes, mask, bias.max_elements)
-        return EncodedBag(bag.tokens.repeat_interleave(n, dim=0), repeated, mask)
+        return EncodedBag(bag.tokens.repeat_interleave(n, dim=0), bias.repeat_interleave(n), mask)
 
     def slide_embedding(self, tokens: torch.Tensor, bag: EncodedBag) -> torch.Tensor:
         """TITAN's slide embedding ``[B, D]``: ``norm``, then the contrastive pooler over real tokens."""
