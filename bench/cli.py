@@ -825,7 +825,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("perf", help="performance benchmarks")
     p.add_argument("what", choices=["harness", "models", "gigapath", "titan", "modaltune"])
-    p.add_argument("--tokens", type=_positive_list, help="gigapath/titan: bag sizes (default 1024,4096,16384)")
+    p.add_argument("--tokens", type=_positive_list, help="gigapath/titan: bag sizes (default gigapath 1024,4096,16384; titan 1000,2500,5000,10000)")
     p.add_argument("--layers", type=_positive, help="gigapath/titan: encoder layers at the paper width")
     p.add_argument("--steps", type=_positive, default=200, help="harness: training steps")
     p.add_argument("--patches", type=_positive, help="patches per bag (harness 512, models 4096)")

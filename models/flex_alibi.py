@@ -11,6 +11,10 @@ per process with dynamic shapes, so bags of other lengths reuse it; the first ca
 (tens of seconds on a 2-core CPU; Inductor's on-disk cache shortens later processes).  Where it
 cannot compile, :func:`flex_alibi_attention` returns ``None`` once it has logged why, and the caller
 uses its SDPA path: nothing requires a compiler.  Only inference uses it (no autograd graph).
+
+It is opt-in (``TitanConfig.flex_min_tokens``): measured on a 2-core AVX-512 CPU, the paper-width
+encoder at 2 layers ran 3.71 s with it against 2.27 s with SDPA at 5,000 tiles (1.02 s vs 0.72 s at
+2,500), outputs within 2e-7; the memory it saves is the bias's.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["flex_alibi_attention", "flex_unavailable_reason"]
+__all__ = ["alibi_score_mod", "flex_alibi_attention", "flex_unavailable_reason"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +50,10 @@ def _kernel() -> Callable[..., torch.Tensor] | None:
     return _compiled
 
 
-def _score_mod(positions: torch.Tensor, slopes: torch.Tensor, token_mask: torch.Tensor | None):
-    """The per-score ALiBi term of TITAN's ``get_alibi``: positions ``float32 [B, T, 2]`` (token 0 is
-    CLS), slopes ``float32 [H]``, token mask ``bool [B, T]`` (``None``: all real)."""
+def alibi_score_mod(positions: torch.Tensor, slopes: torch.Tensor, token_mask: torch.Tensor | None):
+    """FlexAttention's ``score_mod`` adding TITAN's ``get_alibi`` term: positions ``float32 [B, T, 2]``
+    (token 0 is CLS), slopes ``float32 [H]``, token mask ``bool [B, T]`` (``None``: all real), all on
+    the attention's device."""
 
     def alibi(score, b, h, q_idx, kv_idx):
         dx = positions[b, q_idx, 0] - positions[b, kv_idx, 0]
@@ -66,16 +71,15 @@ def _score_mod(positions: torch.Tensor, slopes: torch.Tensor, token_mask: torch.
 
 
 def flex_alibi_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, slopes: torch.Tensor,
-    token_mask: torch.Tensor | None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score_mod: Callable[..., torch.Tensor],
 ) -> torch.Tensor | None:
-    """``softmax(q k^T / sqrt(d) + alibi) v`` for ``q, k, v [B, H, T, d]`` -> ``[B, H, T, d]``, or
-    ``None`` when FlexAttention cannot run in this process (the reason is logged once)."""
+    """``softmax(q k^T / sqrt(d) + alibi) v`` for ``q, k, v [B, H, T, d]`` -> ``[B, H, T, d]``, with the
+    bias from :func:`alibi_score_mod` (built once per bag, shared by every layer), or ``None`` when
+    FlexAttention cannot run in this process (the reason is logged once)."""
     global _unavailable
     kernel = _kernel()
     if kernel is None:
         return None
-    score_mod = _score_mod(positions.to(q.device, torch.float32), slopes.to(q.device, torch.float32), token_mask)
     try:
         return kernel(q, k, v, score_mod=score_mod)
     except Exception as err:  # noqa: BLE001 - any compile failure falls back to SDPA, with the reason logged

@@ -43,22 +43,11 @@ class SupervisedModule(L.LightningModule):
         self._val_outputs: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
         self.val_history: list[float] = []
 
-    def on_train_epoch_start(self) -> None:
-        self._train_sums: dict[str, torch.Tensor] = {}
-        self._train_count = 0
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         terms = loss_terms(self.model.compute_loss(batch, self.task, alpha_surv=self.profile.alpha_surv))
-        n = len(batch["label"])
-        for name, value in terms.items():  # summed here, logged once per epoch: per-step self.log costs ~3 %
-            weighted = value.detach() * n
-            self._train_sums[name] = self._train_sums[name] + weighted if name in self._train_sums else weighted
-        self._train_count += n
+        for name, value in terms.items():
+            self.log(f"train_{name}", value.detach(), on_step=False, on_epoch=True, batch_size=len(batch["label"]))
         return terms["loss"]
-
-    def on_train_epoch_end(self) -> None:
-        for name, total in self._train_sums.items():
-            self.log(f"train_{name}", total / self._train_count)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._val_outputs.append((self.model(batch).float().cpu(), _targets(batch)))
