@@ -32,7 +32,8 @@ def render_table(table: str, *, store: str | Path | None = None, profile: str | 
     prof = get_profile(profile)
     registry = all_models()
     trials = tuned_trials([r for r in rows if r.model in {name for name, _ in grid.rows}])
-    table_rows = [TableRow(name, label, name in registry, TUNED_MARK if name in trials else "")
+    table_rows = [TableRow(name, label, name in registry, TUNED_MARK if name in trials else "",
+                           beyond_paper=name in registry and registry[name].beyond_paper)
                   for name, label in grid.rows]
     cohorts = sorted({r.cohort for r in rows})
     header = [f"profile: {prof.name}" + (" (model widths narrowed and fewer epochs than the paper; not comparable "

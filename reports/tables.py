@@ -46,13 +46,19 @@ COLLAPSED_MARK = "†"
 
 @dataclass(frozen=True)
 class TableRow:
-    """One row to render: registry name, paper label, whether the model is registered, and a mark
-    after its label (e.g. the tuned rows'; explained by the caller's header lines)."""
+    """One row to render: registry name, paper label, whether the model is registered, a mark after its
+    label (e.g. the tuned rows'; explained by the caller's header lines) and whether the paper does not
+    report it (``beyond_paper``: rendered after the paper's rows, under :data:`BEYOND_HEADING`)."""
 
     name: str
     label: str
     registered: bool
     mark: str = ""
+    beyond_paper: bool = False
+
+
+#: The heading of a table's block of rows the paper does not report.
+BEYOND_HEADING = "Beyond the paper (not in the paper; our configurations)"
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,9 @@ def render(rows: Sequence[TableRow], sites: Sequence[str], results: list[Any], *
     for task in tasks:
         by_key = {(c["model"], c["site"]): c for c in cells if c["task"] == task}
         body = []
-        for row in rows:
+        for i, row in enumerate(rows):
+            if row.beyond_paper and (i == 0 or not rows[i - 1].beyond_paper):
+                body.append([f"*{BEYOND_HEADING}*" if fmt == "md" else BEYOND_HEADING] + [""] * len(columns))
             line = [row.label + (f" {row.mark}" if row.mark else "") + (f" {COLLAPSED_MARK}" if collapsed[row.name][0] else "")]
             for site in columns:
                 c = by_key[(row.name, site)]

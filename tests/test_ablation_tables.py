@@ -13,6 +13,7 @@ from bench.reporting import render_table
 from bench.results import ResultRow, ResultStore
 from bench.runner import synthetic_context
 from models.paper.reference import paper_reference, published_deltas
+from reports.tables import BEYOND_HEADING
 
 SITES = ("BRCA", "GBMLGG", "NSCLC", "RCC")
 
@@ -40,7 +41,11 @@ def test_no_text_embedding_reports_the_single_prompt_parameter_count() -> None:
 
 def test_table8_rows_follow_the_paper_and_no_text_runs_once_per_task() -> None:
     grid = get_grid("table8")
-    assert [label for _, label in grid.rows] == paper_reference()["table8_ablations_known"]["rows"]
+    beyond = [get_model(name).beyond_paper for name, _ in grid.rows]
+    assert [label for (_, label), b in zip(grid.rows, beyond) if not b] == \
+        paper_reference()["table8_ablations_known"]["rows"]
+    assert sum(beyond) == 5 and beyond == sorted(beyond), "the rows beyond the paper come last, in a block"
+    assert all("[beyond the paper]" in label for (_, label), b in zip(grid.rows, beyond) if b)
     cells = grid_cells(grid, models=["modaltune_no_text", "modaltune"], sites=["RCC"], seeds=[0])
     assert {(c.model, c.task) for c in cells} == {("modaltune_no_text", "subtype"),
                                                    ("modaltune_no_text", "survival"), ("modaltune", "multitask")}
@@ -92,6 +97,9 @@ def test_table8_renders_ours_and_the_papers_relative_change(tmp_path: Path) -> N
     assert ("ModalTune w/ MedLlama v3.1 (—): not run: needs a local MedLlama directory "
             "(TsinghuaC3I/Llama-3-8B-UltraMedical) (set MEDLLAMA_DIR=DIR)") in md
     assert "0.800 / 0.954" in _line(md, "ModalTune", "### Cancer subtype")
+    subtype = md[md.index("### Cancer subtype"):md.index("### Survival")]
+    heading = subtype.index(BEYOND_HEADING)
+    assert subtype.index("| ModalTune w/ LoRA") < heading < subtype.index("| ModalTune, centred targets [beyond")
     csv_text = render_table("table8", store=store, profile="tiny", fmt="csv")
     assert "subtype,modaltune_lora,ModalTune w/ LoRA,delta_vs_modaltune,-0.050000,,,-0.015," in csv_text
 

@@ -45,3 +45,25 @@ def test_model_beats_chance_on_planted_subtype(name: str, nsclc: Cohort, tmp_pat
     outcome = train_supervised(model, data, PROFILE, run_dir=tmp_path, loggers=[])
     assert outcome.metrics["test_auc"] > 0.8, outcome.metrics
     assert outcome.metrics["test_balanced_accuracy"] > 0.65, outcome.metrics
+
+
+@pytest.fixture(scope="module")
+def brca(tmp_path_factory: pytest.TempPathFactory) -> Cohort:
+    from bench.data.synth import generate_cohort
+
+    root = tmp_path_factory.mktemp("cohorts") / "brca-small"
+    generate_cohort(root, scale="small", seed=0, sites=["BRCA"])
+    return Cohort.load(root)
+
+
+def test_kronecker_fusion_leaves_the_majority_class_within_the_small_budget(brca: Cohort, tmp_path: Path) -> None:
+    """ABMIL (KP) on BRCA (imbalanced, binary) with the ``small`` profile exactly as ``make table2`` runs it:
+    with 4 epochs it predicted the majority class for everyone (balanced accuracy 0.5, best epoch 0)."""
+    entry = get_model("abmil_kp")
+    profile = PROFILES["small"]
+    data = prepare_site(brca, "BRCA", "subtype", entry.modalities, entry.name, profile.max_patches_train)
+    torch.manual_seed(0)
+    model = entry.build(model_context(brca, data.n_classes, "small"))
+    outcome = train_supervised(model, data, profile, run_dir=tmp_path, loggers=[])
+    assert outcome.best_epoch > 0 and max(outcome.val_history) > outcome.val_history[0], outcome.val_history
+    assert outcome.metrics["test_balanced_accuracy"] > 0.75, outcome.metrics
