@@ -23,6 +23,7 @@ from bench.regimes import source_site
 from models.paper.sites import IN_DOMAIN_SITES, OOD_SITES
 from bench.errors import BenchError, unknown_name
 from bench.registry import all_models
+from models.registry import ModelEntry
 from bench.results import ResultStore, check_store, store_path
 
 log = logging.getLogger(__name__)
@@ -295,6 +296,7 @@ def run_grid(grid: GridSpec, *, profile: str, cohort_dir: str | Path | None, sto
     with ResultStore(path) as results:
         missing = [(c, run_id, extra) for c, plan, run_id, extra in zip(cells, plans, run_ids, settings)
                    if not results.has(run_id, regime_for(plan.entry).result_keys(plan))]
+    missing = longest_first(missing, registry)
     log.info("%s: %d runs, %d already stored, %d to run", grid.name, len(cells), len(cells) - len(missing), len(missing))
     base = dict(profile=prof.name, cohort=str(cohort.root), store=str(path), wandb=wandb)
     requests = [dict(base, model=c.model, site=c.site, task=c.task, seed=c.seed, wait=False, **extra)
@@ -353,6 +355,22 @@ def _summary(grid: GridSpec, profile: str, cohort: Any, path: Path, cells: list[
     return {"grid": grid.name, "profile": profile, "cohort": str(cohort.root), "store": str(path),
             "runs": len(cells), "ran": statuses.count("ran"),
             "cached": len(cells) - len(missing) + statuses.count("cached"), "failed": failures, "skipped": skipped}
+
+
+def cost_rank(entry: ModelEntry) -> int:
+    """A coarse rank of how long a run of ``entry`` takes (higher: longer), for scheduling only: a
+    pan-cancer distillation, then a per-site one, then models holding a slide encoder or TransMIL,
+    then the rest (seconds each on the ``small`` profile)."""
+    if entry.regime == "text_distill":
+        return 3 if entry.pancancer else 2
+    return 1 if entry.family in ("slide_encoders", "transmil") or "transmil" in entry.name else 0
+
+
+def longest_first(missing: list[tuple[Any, str, dict[str, Any]]], registry: dict[str, ModelEntry]) -> list:
+    """``missing`` (cells with their run ids and settings) reordered longest first (stable within a rank):
+    with a pool of workers, a long run started last would leave the other workers idle at the end. The
+    order changes no result: every run is seeded and trained on its own."""
+    return sorted(missing, key=lambda item: -cost_rank(registry[item[0].model]))
 
 
 def _run_requests(requests: list[dict[str, Any]], jobs: int, bar: Any,

@@ -158,3 +158,15 @@ def test_drift_grid_covers_every_regime_and_both_fusion_heads() -> None:
     assert {"abmil_cat", "abmil_kp"} <= models
     recorded = {key.split("/")[0] for key in json.loads((REPO / "tests" / "drift" / "expected.json").read_text())["metrics"]}
     assert models == recorded, f"drift grid and recorded metrics differ: run `make drift-record` ({sorted(models ^ recorded)})"
+
+
+def test_grid_runs_the_longest_runs_first() -> None:
+    from bench.grids import get_grid, grid_cells, longest_first
+    from bench.registry import all_models
+
+    cells = grid_cells(get_grid("table2"), sites=["RCC"], seeds=[0])
+    order = [c.model for c, _, _ in longest_first([(c, str(i), {}) for i, c in enumerate(cells)], all_models())]
+    assert order[0] == "modaltune_pancancer" and order[1] == "modaltune"
+    assert order.index("abmil") > order.index("gigapath_kp") > order.index("transmil_kp") > order.index("modaltune")
+    assert order[-2:] == ["abmil_kp", "abmil_kp"], "stable within a rank: the table's order"
+    assert [m for m in order if m.startswith("abmil")] == [c.model for c in cells if c.model.startswith("abmil")]
