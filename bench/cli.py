@@ -824,13 +824,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_drift)
 
     p = sub.add_parser("perf", help="performance benchmarks")
-    p.add_argument("what", choices=["harness", "models", "gigapath", "titan", "modaltune"])
+    p.add_argument("what", choices=["harness", "models", "gigapath", "titan", "modaltune", "runs"])
     p.add_argument("--tokens", type=_positive_list, help="gigapath/titan: bag sizes (default gigapath 1024,4096,16384; titan 1000,2500,5000,10000)")
     p.add_argument("--layers", type=_positive, help="gigapath/titan: encoder layers at the paper width")
     p.add_argument("--steps", type=_positive, default=200, help="harness: training steps")
     p.add_argument("--patches", type=_positive, help="patches per bag (harness 512, models 4096)")
     p.add_argument("--models", help="models: which models (default: the Table 2 comparison models)")
     p.add_argument("--dim", type=_positive, default=1536)
+    p.add_argument("--store", help="runs: the results store to read (default: $BENCH_STORE, else runs/results.sqlite)")
+    p.add_argument("--profile", help="runs: only this profile's runs")
+    p.add_argument("--table", help="runs: only the rows of this table (e.g. table2)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_perf)
     return parser

@@ -170,3 +170,23 @@ def test_grid_runs_the_longest_runs_first() -> None:
     assert order.index("abmil") > order.index("gigapath_kp") > order.index("transmil_kp") > order.index("modaltune")
     assert order[-2:] == ["abmil_kp", "abmil_kp"], "stable within a rank: the table's order"
     assert [m for m in order if m.startswith("abmil")] == [c.model for c in cells if c.model.startswith("abmil")]
+
+
+def test_perf_runs_sums_each_runs_time_once_per_model(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from bench.perf.run_times import run_times
+
+    store = tmp_path / "t.sqlite"
+    rows = [replace(_row("abmil", "RCC", "subtype", s, 0.6), seconds=2.0) for s in (0, 1)]
+    multitask = replace(_row("modaltune", "RCC", "subtype", 0, 0.7), seconds=30.0)
+    rows += [multitask, replace(multitask, task="survival", metrics={"test_c_index": 0.6})]
+    rows.append(replace(_row("titan_lp", "RCC", "subtype", 0, 0.5), seconds=5.0))
+    with ResultStore(store) as s:
+        s.write(rows)
+    out = run_times(store, profile="tiny", table="table2")
+    assert [m["model"] for m in out["models"]] == ["modaltune", "abmil"], "titan_lp is not a Table 2 row"
+    assert out["models"][0]["runs"] == 1 and out["models"][0]["total_s"] == 30.0  # two rows, one run
+    assert out["models"][1] == {"model": "abmil", "runs": 2, "total_s": 4.0, "mean_s": 2.0, "max_s": 2.0,
+                                "share": round(4 / 34, 4)}
+    assert run_times(store)["runs"] == 4

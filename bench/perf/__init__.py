@@ -3,7 +3,8 @@
 One module per benchmark: :mod:`bench.perf.harness` (harness overhead against a bare loop),
 :mod:`bench.perf.model_steps` (each model's forward+backward at the paper configuration),
 :mod:`bench.perf.gigapath` and :mod:`bench.perf.titan` (slide encoders' scaling with bag size),
-:mod:`bench.perf.modaltune` (a ModalTune training step); :mod:`bench.perf.measure` holds the shared
+:mod:`bench.perf.modaltune` (a ModalTune training step), :mod:`bench.perf.run_times` (a stored grid's
+time per row, nothing trained); :mod:`bench.perf.measure` holds the shared
 measuring helpers (peak RSS, fresh processes).
 """
 
@@ -36,4 +37,8 @@ def run(what: str, args: argparse.Namespace) -> dict[str, Any]:
 
         return models(resolve_models(args.models) if args.models else None, patches=args.patches or 4096,
                       dim=args.dim)
+    if what == "runs":
+        from bench.perf.run_times import run_times
+
+        return run_times(args.store, args.profile, args.table)
     raise ValueError(what)
