@@ -5,7 +5,9 @@ not run it, "n/a" where the paper publishes none, "NaN" where a run's metric was
 (e.g. a test split without comparable survival pairs). "Overall" is the mean over the table's sites of
 the per-site means (shown only when every site is present), as in the paper. A row some of whose runs
 ended collapsed (their stored ``collapsed`` metric is 1; the rule is the caller's ``collapse_rule``)
-carries the mark † and a note under the table says how many of its runs did.
+carries the mark † and a note under the table says how many of its runs did. A row whose runs stored
+their untrained model's test metric (``init_<metric>``: the text-distillation rows) and do not end above
+it on average carries ‡ on that task, with the mean gain and the runs not above under the table.
 
 With ``ci`` (a :class:`bench.stats.TableStats`, ``bench table … --ci``) the table is followed by its
 bootstrap intervals and paired tests (:func:`render_ci`); the CSV gains their columns instead.
@@ -42,6 +44,10 @@ def section(name: str) -> tuple[str, str, str]:
         return (name, *TASK_METRIC[name])
     return SECTIONS[name]
 COLLAPSED_MARK = "†"
+#: The mark of a row that does not end above its own initialisation on a task (:func:`versus_init`).
+NOT_ABOVE_INIT_MARK = "‡"
+NOT_ABOVE_INIT_RULE = ("its test metric is on average no higher than that of the same model untrained, probed the "
+                       "same way (a random frozen encoder's features already carry part of the planted signal)")
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,34 @@ def collapsed_runs(results: Iterable[Any], model: str, sites: Sequence[str]) -> 
     return sum(runs.values()), len(runs)
 
 
+@dataclass(frozen=True)
+class VersusInit:
+    """A row's test metric against its own untrained model's, probed the same way (runs that stored
+    ``init_<metric>``: the text-distillation rows): mean difference and runs not above."""
+
+    mean_gain: float
+    not_above: int
+    runs: int
+
+    @property
+    def marked(self) -> bool:
+        """True when the row does not end above its initialisation on average."""
+        return self.mean_gain <= 0
+
+
+def versus_init(results: Iterable[Any], model: str, sites: Sequence[str], task: str) -> VersusInit | None:
+    """The :class:`VersusInit` of ``model``'s runs at ``sites`` for ``task`` (a section), None when none
+    of its rows stored the untrained model's metric."""
+    run_task, metric, _ = section(task)
+    gains = [float(row.metrics[metric]) - float(row.metrics[f"init_{metric}"]) for row in results
+             if row.model == model and row.site in sites and row.task == run_task
+             and f"init_{metric}" in row.metrics and metric in row.metrics]
+    gains = [g for g in gains if math.isfinite(g)]
+    if not gains:
+        return None
+    return VersusInit(float(np.mean(gains)), sum(g <= 0 for g in gains), len(gains))
+
+
 def _paper(table_key: str, task: str, label: str, site: str) -> Stat | None:
     value = published(table_key, task, label, site)
     return None if value is None else Stat(value[0], value[1], 0)
@@ -155,11 +189,14 @@ def render(rows: Sequence[TableRow], sites: Sequence[str], results: list[Any], *
         parts.extend(f"% {line}" for line in header_lines)
     for task in tasks:
         by_key = {(c["model"], c["site"]): c for c in cells if c["task"] == task}
+        vs_init = {row.name: versus_init(results, row.name, sites, task) for row in rows}
         body = []
         for i, row in enumerate(rows):
             if row.beyond_paper and (i == 0 or not rows[i - 1].beyond_paper):
                 body.append([f"*{BEYOND_HEADING}*" if fmt == "md" else BEYOND_HEADING] + [""] * len(columns))
-            line = [row.label + (f" {row.mark}" if row.mark else "") + (f" {COLLAPSED_MARK}" if collapsed[row.name][0] else "")]
+            init_mark = f" {NOT_ABOVE_INIT_MARK}" if vs_init[row.name] and vs_init[row.name].marked else ""
+            line = [row.label + (f" {row.mark}" if row.mark else "") + (f" {COLLAPSED_MARK}" if collapsed[row.name][0] else "")
+                    + init_mark]
             for site in columns:
                 c = by_key[(row.name, site)]
                 line.append(f"{_fmt(c['ours'], DASH)} / {_fmt(c['paper'], NA)}")
@@ -170,6 +207,11 @@ def render(rows: Sequence[TableRow], sites: Sequence[str], results: list[Any], *
             parts.append(f"% {section(task)[2]}")
         parts.append(tabulate(body, headers=["Model"] + columns, tablefmt=tablefmt, disable_numparse=True))
         parts.append("")
+        below = [f"{row.label}: {v.mean_gain:+.3f}, {v.not_above} of {v.runs} runs not above" for row in rows
+                 if (v := vs_init[row.name]) is not None and v.marked]
+        if below:
+            note = f"{NOT_ABOVE_INIT_MARK} not above its own initialisation ({'; '.join(below)}): {NOT_ABOVE_INIT_RULE}"
+            parts.extend([note if fmt == "md" else f"% {note}", ""])
     notes = [f"{row.label}: {collapsed[row.name][0]} of {collapsed[row.name][1]} runs" for row in rows
              if collapsed[row.name][0]]
     if notes:

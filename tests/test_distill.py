@@ -50,7 +50,8 @@ def test_modaltune_run_stores_both_tasks_under_one_run_id(capsys, rcc_cohort: Pa
             str(rcc_cohort), "--store", str(store), "--wandb", "disabled", "--json"]
     code, out = _json(capsys, *args)
     assert code == 0 and out["task"] == "multitask"
-    assert {"test_balanced_accuracy", "test_c_index", "val_balanced_accuracy", "best_epoch"} <= set(out["metrics"])
+    assert {"test_balanced_accuracy", "test_c_index", "val_balanced_accuracy", "best_epoch",
+            "init_test_balanced_accuracy", "init_test_c_index"} <= set(out["metrics"])
     with ResultStore(store) as s:
         rows = s.get(out["run_id"])
     assert sorted((r.site, r.task) for r in rows) == [("RCC", "subtype"), ("RCC", "survival")]
@@ -85,6 +86,25 @@ def test_an_epoch_sees_every_training_patient(rcc_cohort: Path, monkeypatch: pyt
     distill.train_distill(model, TextProjector(text.dim, model.embed_dim), {"RCC": data}, settings,
                           run_dir=Path("."), loggers=[])
     assert sorted(seen) == sorted(data.splits["train"].case_ids)
+
+
+def test_the_untrained_models_probe_draws_nothing_from_training(rcc_cohort: Path) -> None:
+    """The init probe embeds the training split, whose bags are sampled: it must restore the generator."""
+    from bench.registry import get_model
+    from bench.runner import model_context
+    from bench.train.distill import initial_test_metrics, probe_sites
+
+    cohort = Cohort.load(rcc_cohort)
+    data = prepare_site(cohort, "RCC", "multitask", ("wsi", "rna"), "modaltune", 16, text=ensure_text_cache(cohort, "bow"))
+    torch.manual_seed(0)
+    model = get_model("modaltune").build(model_context(cohort, 4, "tiny"))
+    state = torch.get_rng_state()
+    initial = initial_test_metrics(model, {"RCC": data})
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.set_rng_state(state)
+    direct = probe_sites(model, {"RCC": data})["RCC"]
+    assert initial["RCC"]["subtype"] == {f"init_{k}": v for k, v in direct["subtype"].metrics.items() if k.startswith("test_")}
+    assert set(initial["RCC"]["survival"]) >= {"init_test_c_index"}
 
 
 def test_evaluation_embeddings_are_deterministic(rcc_cohort: Path) -> None:

@@ -190,3 +190,24 @@ def test_perf_runs_sums_each_runs_time_once_per_model(tmp_path: Path) -> None:
     assert out["models"][1] == {"model": "abmil", "runs": 2, "total_s": 4.0, "mean_s": 2.0, "max_s": 2.0,
                                 "share": round(4 / 34, 4)}
     assert run_times(store)["runs"] == 4
+
+
+def test_a_row_not_above_its_own_initialisation_is_marked_on_that_task() -> None:
+    from dataclasses import replace
+
+    from reports.tables import NOT_ABOVE_INIT_MARK
+
+    def run(model: str, task: str, seed: int, value: float, init: float) -> ResultRow:
+        row = _row(model, "RCC", task, seed, value)
+        metric = next(iter(row.metrics))
+        return replace(row, metrics={metric: value, f"init_{metric}": init})
+
+    results = [run("modaltune", "subtype", s, 0.8, 0.5) for s in (0, 1)]
+    results += [run("modaltune", "survival", 0, 0.58, 0.60), run("modaltune", "survival", 1, 0.61, 0.60)]
+    results += [_row("abmil", "RCC", "survival", 0, 0.5)]  # no init metric stored: never marked
+    rows = [TableRow("modaltune", "ModalTune", True), TableRow("abmil", "ABMIL", True)]
+    md = render(rows, ["RCC"], results, table_key="table2", title="T", fmt="md", overall=False)
+    subtype, survival = md.split("### Survival")
+    assert NOT_ABOVE_INIT_MARK not in subtype
+    assert f"| ModalTune {NOT_ABOVE_INIT_MARK}" in survival and f"ABMIL {NOT_ABOVE_INIT_MARK}" not in survival
+    assert "ModalTune: -0.005, 1 of 2 runs not above" in survival

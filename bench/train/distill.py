@@ -319,6 +319,7 @@ def train_distill(model: torch.nn.Module, projector: torch.nn.Module, sites: dic
     train_text = torch.cat([data.splits["train"].text for data in sites.values()])
     selection = ProbeSelection(sites, preprocessing)
     diagnostics = CollapseDiagnostics(sites, train_text)
+    initial = initial_test_metrics(model, sites, preprocessing)
     module = DistillModule(model, projector, settings, loss)
     trainer = L.Trainer(
         accelerator="auto", devices=1, max_epochs=settings.epochs, logger=loggers,
@@ -332,7 +333,8 @@ def train_distill(model: torch.nn.Module, projector: torch.nn.Module, sites: dic
     model.load_state_dict(selection.best_state)
     embeddings: dict[str, dict[str, np.ndarray]] = {}
     probed = probe_sites(model, {**sites, **(deploy or {})}, preprocessing, embeddings=embeddings)
-    metrics = {site: {task: p.metrics for task, p in tasks.items()} for site, tasks in probed.items()}
+    metrics = {site: {task: {**p.metrics, **initial.get(site, {}).get(task, {})} for task, p in tasks.items()}
+               for site, tasks in probed.items()}
     summary = {**diagnostics.summary(), "init_val_balanced_accuracy": selection.init_score}
     if summary["collapsed"]:
         log.warning("the %s distillation ended collapsed (%s): the patient-specific parts of student and teacher "
@@ -344,6 +346,18 @@ def train_distill(model: torch.nn.Module, projector: torch.nn.Module, sites: dic
                           diagnostics=summary,
                           predictions={site: {task: p.predictions for task, p in tasks.items()}
                                        for site, tasks in probed.items()}, embeddings=embeddings)
+
+
+def initial_test_metrics(model: torch.nn.Module, sites: dict[str, SiteData],
+                         preprocessing: str = "raw") -> dict[str, dict[str, dict[str, float]]]:
+    """The untrained model probed exactly as the selected one will be (site -> task -> ``init_test_*``),
+    so that a table can say whether training moved a row above its own initialisation. The random number
+    generators are restored afterwards (the training split's bags are sampled while embedding): training
+    draws exactly what it would have drawn without this measurement."""
+    with torch.random.fork_rng(devices=[]):
+        probed = probe_sites(model, sites, preprocessing)
+    return {site: {task: {f"init_{k}": v for k, v in p.metrics.items() if k.startswith("test_")}
+                   for task, p in tasks.items()} for site, tasks in probed.items()}
 
 
 def probe_sites(model: torch.nn.Module, sites: dict[str, SiteData], preprocessing: str = "raw",
