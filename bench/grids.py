@@ -363,7 +363,7 @@ def cost_rank(entry: ModelEntry) -> int:
     then the rest (seconds each on the ``small`` profile)."""
     if entry.regime == "text_distill":
         return 3 if entry.pancancer else 2
-    return 1 if entry.family in ("slide_encoders", "transmil") or "transmil" in entry.name else 0
+    return 1 if entry.family == "slide_encoders" or "transmil" in entry.name else 0
 
 
 def longest_first(missing: list[tuple[Any, str, dict[str, Any]]], registry: dict[str, ModelEntry]) -> list:

@@ -121,7 +121,6 @@ class TitanConfig:
     pool_norm_eps: float = 1e-5
     max_bias_elements: int = 2**28
     flex_min_tokens: int | None = None
-    bias_block_elements: int | None = None
 
     def __post_init__(self) -> None:
         if self.embed_dim % self.num_heads:
@@ -260,7 +259,6 @@ class AlibiBias:
         token_mask: torch.Tensor | None = None,
         max_elements: int = TitanConfig.max_bias_elements,
         flex_min_tokens: int | None = TitanConfig.flex_min_tokens,
-        block_elements: int | None = None,
     ) -> None:
         batch, n_tiles, _ = cells.shape
         self.flex_min_tokens = flex_min_tokens
@@ -270,10 +268,7 @@ class AlibiBias:
         cls_pos = torch.zeros(batch, 1, 2, dtype=torch.float32, device=cells.device)
         self.positions = torch.cat([cls_pos, cells.to(torch.float32)], dim=1)  # [B, T, 2]
         self.max_elements = max_elements
-        self.block_elements = max_elements if block_elements is None else min(block_elements, max_elements)
-        row_elements = max(1, batch * slopes.numel() * self.n_tokens)
-        whole = row_elements * self.n_tokens <= max_elements
-        self.rows = self.n_tokens if whole else max(1, min(self.n_tokens, self.block_elements // row_elements))
+        self.rows = max(1, min(self.n_tokens, max_elements // max(1, batch * slopes.numel() * self.n_tokens)))
         self._keep_distances = batch * self.n_tokens * self.n_tokens <= max_elements
         self._distances: torch.Tensor | None = None
         self._full: dict[torch.dtype, torch.Tensor] = {}
@@ -346,7 +341,7 @@ class AlibiBias:
         ``Tensor.repeat_interleave(repeats, dim=0)`` repeats the tokens)."""
         mask = None if self.token_mask is None else self.token_mask.repeat_interleave(repeats, dim=0)
         cells = self.positions[:, 1:].repeat_interleave(repeats, dim=0)
-        return AlibiBias(cells, self.slopes, mask, self.max_elements, self.flex_min_tokens, self.block_elements)
+        return AlibiBias(cells, self.slopes, mask, self.max_elements, self.flex_min_tokens)
 
     def uses_flex(self) -> bool:
         """True when :meth:`attend` computes the bias inside FlexAttention: no autograd, a bag of at
@@ -571,7 +566,7 @@ class TitanSlideEncoder(nn.Module):
         token_mask = torch.cat([grid.mask.new_ones(grid.mask.shape[0], 1), grid.mask], dim=1)
         slopes = alibi_slopes(self.config.num_heads, device=tokens.device)
         return tokens, AlibiBias(grid.cells, slopes, token_mask, self.config.max_bias_elements,
-                                 self.config.flex_min_tokens, self.config.bias_block_elements)
+                                 self.config.flex_min_tokens)
 
     def pool(self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Slide embedding ``[B, D]``: the contrastive pooler over the final tokens (no ``proj``)."""
